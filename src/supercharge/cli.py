@@ -1,0 +1,96 @@
+"""`supercharge predict | export`: the steps people do by hand, with one-line errors (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from supercharge.errors import SuperchargeError
+from supercharge.models import DEFAULT_MODEL
+
+
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="any timm model name (default: %(default)s)")
+    p.add_argument(
+        "--weights",
+        default="pretrained",
+        help="pretrained (offline only), random[:SEED], or a .pth/.safetensors state dict",
+    )
+    p.add_argument(
+        "--artifact-dir",
+        type=Path,
+        default=None,
+        help="artifact cache (default: $SUPERCHARGE_ARTIFACT_DIR or the per-user cache dir)",
+    )
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from supercharge.runners import BACKENDS
+
+    parser = argparse.ArgumentParser(prog="supercharge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    pr = sub.add_parser("predict", parents=[_common()], help="top-k classes for images")
+    pr.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    pr.add_argument("--backend", choices=sorted(BACKENDS), default="torch-cpu")
+    pr.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
+
+    sub.add_parser("export", parents=[_common()], help="build or reuse the ONNX artifacts")
+    return parser
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from supercharge.cache import ArtifactCache
+    from supercharge.images import load_image
+    from supercharge.models import load_bundle
+    from supercharge.predict import classify
+    from supercharge.preprocess import timm_batch
+    from supercharge.runners import create_runner
+
+    if args.top < 1:
+        raise SuperchargeError(f"--top {args.top}: give a positive number of classes")
+    images = [load_image(p) for p in args.images]  # fail on a bad image before loading a model
+    bundle = load_bundle(args.model, args.weights)
+    runner = create_runner(args.backend, bundle, ArtifactCache(args.artifact_dir))
+    batch = timm_batch(images, bundle.data_config)
+    for path, preds in zip(args.images, classify(bundle, runner, batch, args.top), strict=True):
+        print(f"{path} ({bundle.name}, {runner.backend}):")
+        for pred in preds:
+            print(pred)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from supercharge.cache import ArtifactCache
+    from supercharge.export import MODEL_FILE, export_onnx
+    from supercharge.models import load_bundle
+
+    start = time.perf_counter()
+    cache = ArtifactCache(args.artifact_dir)
+    bundle = load_bundle(args.model, args.weights)
+    artifact = export_onnx(bundle, cache)
+    state = "built" if artifact.built else "reused"
+    print(f"onnx-model {state}: {artifact.file(MODEL_FILE)}")
+    print(f"total {time.perf_counter() - start:.1f}s (weights: {bundle.weights_source})")
+    return 0
+
+
+COMMANDS = {"predict": cmd_predict, "export": cmd_export}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SuperchargeError as exc:
+        print(f"supercharge: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

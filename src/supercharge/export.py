@@ -1,0 +1,127 @@
+"""ONNX export of a ModelBundle into the artifact cache, checked against PyTorch before it is kept.
+
+torch.onnx.export(dynamo=True) with a dynamic batch dimension (the legacy exporter fails on
+attention models with torch 2.14), onnx.checker on the saved file, external data for models above
+2 GB, then one batch through ONNX Runtime CPU compared with PyTorch by relative error. A model that
+does not reproduce PyTorch is never cached.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from supercharge.cache import Artifact, ArtifactCache, ArtifactSpec
+from supercharge.errors import ExportCheckError
+from supercharge.models import ModelBundle
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    opset: int = 20
+    dynamic_batch: bool = True
+    check_batch: int = 2  # > 1 so the dynamic batch dimension is exercised by the check
+    check_tolerance: float = 1e-3  # max |ort - torch| / max |torch|
+
+    def __post_init__(self) -> None:
+        if self.opset < 18:
+            raise ValueError(f"opset {self.opset} is too old: use 18 or newer (antialiased Resize)")
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that can change an exported graph."""
+    out = {}
+    for dist in ("torch", "timm", "onnx", "onnxscript"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "absent"
+    return out
+
+
+def onnx_spec(bundle: ModelBundle, options: ExportOptions = ExportOptions()) -> ArtifactSpec:
+    return ArtifactSpec(
+        kind="onnx-model",
+        name=bundle.name,
+        inputs={
+            "model": bundle.name,
+            "weights_digest": bundle.weights_digest,
+            "versions": versions(),
+            "options": asdict(options),
+        },
+    )
+
+
+def export_onnx(
+    bundle: ModelBundle, cache: ArtifactCache, options: ExportOptions = ExportOptions()
+) -> Artifact:
+    """The checked ONNX export of `bundle`, built on first use and reused afterwards."""
+
+    def build(out_dir: Path) -> dict:
+        path = out_dir / MODEL_FILE
+        _export(bundle, path, options)
+        error = check_against_torch(bundle, path, options.check_batch)
+        if not error <= options.check_tolerance:
+            raise ExportCheckError(
+                f"ONNX export of {bundle.name} does not match PyTorch: relative error {error:.2e} "
+                f"> {options.check_tolerance:.0e} on a batch of {options.check_batch}; "
+                "report it with the model name and versions, or try another --opset"
+            )
+        return {
+            "check": {"relative_error": error, "batch": options.check_batch},
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
+            "input_size": list(bundle.input_size),
+            "data_config": bundle.data_config,
+            "weights_source": bundle.weights_source,
+        }
+
+    return cache.get_or_build(onnx_spec(bundle, options), build)
+
+
+def _export(bundle: ModelBundle, path: Path, options: ExportOptions) -> None:
+    import onnx
+
+    example = torch.randn(options.check_batch, *bundle.input_size)
+    dynamic = (
+        ({0: torch.export.Dim("batch", min=1, max=4096)},) if options.dynamic_batch else None
+    )
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.onnx.export(
+            bundle.model,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic,
+            opset_version=options.opset,
+            verbose=False,
+        )
+    assert program is not None
+    program.save(path)  # external data automatically above 2 GB
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def check_against_torch(bundle: ModelBundle, path: Path, batch: int, seed: int = 0) -> float:
+    """Max abs difference between ORT CPU and PyTorch logits, relative to PyTorch's max abs."""
+    import onnxruntime as ort
+
+    x = torch.randn(batch, *bundle.input_size, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        ref = bundle.model(x).float().numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    if got.shape != ref.shape:
+        raise ExportCheckError(
+            f"ONNX export of {bundle.name} returns shape {got.shape}, PyTorch {ref.shape}"
+        )
+    scale = float(np.abs(ref).max()) or 1.0
+    return float(np.abs(got - ref).max() / scale)

