@@ -132,9 +132,7 @@ class ArtifactCache:
         self._log(f"building {spec.kind} for {spec.name} -> {final}")
         start = time.perf_counter()
         done = threading.Event()
-        heartbeat = threading.Thread(
-            target=self._heartbeat, args=(spec, start, done), daemon=True
-        )
+        heartbeat = threading.Thread(target=self._heartbeat, args=(spec, start, done), daemon=True)
         heartbeat.start()
         try:
             extra = dict(build(tmp) or {})
@@ -169,7 +167,9 @@ class ArtifactCache:
 
     def _heartbeat(self, spec: ArtifactSpec, start: float, done: threading.Event) -> None:
         while not done.wait(_HEARTBEAT_S):
-            self._log(f"still building {spec.kind} for {spec.name} ({time.perf_counter() - start:.0f}s)")
+            self._log(
+                f"still building {spec.kind} for {spec.name} ({time.perf_counter() - start:.0f}s)"
+            )
 
     @staticmethod
     def _discard(path: Path) -> None:

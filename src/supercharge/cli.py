@@ -14,7 +14,9 @@ from supercharge.models import DEFAULT_MODEL
 
 def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="any timm model name (default: %(default)s)")
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help="any timm model name (default: %(default)s)"
+    )
     p.add_argument(
         "--weights",
         default="pretrained",

@@ -30,6 +30,7 @@ class ExportOptions:
     dynamic_batch: bool = True
     check_batch: int = 2  # > 1 so the dynamic batch dimension is exercised by the check
     check_tolerance: float = 1e-3  # max |ort - torch| / max |torch|
+    external_data: bool | None = None  # None: weights go to model.onnx.data only above 2 GB
 
     def __post_init__(self) -> None:
         if self.opset < 18:
@@ -91,9 +92,7 @@ def _export(bundle: ModelBundle, path: Path, options: ExportOptions) -> None:
     import onnx
 
     example = torch.randn(options.check_batch, *bundle.input_size)
-    dynamic = (
-        ({0: torch.export.Dim("batch", min=1, max=4096)},) if options.dynamic_batch else None
-    )
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if options.dynamic_batch else None
     with torch.inference_mode(False), torch.no_grad():
         program = torch.onnx.export(
             bundle.model,
@@ -106,7 +105,7 @@ def _export(bundle: ModelBundle, path: Path, options: ExportOptions) -> None:
             verbose=False,
         )
     assert program is not None
-    program.save(path)  # external data automatically above 2 GB
+    program.save(path, external_data=options.external_data)
     onnx.checker.check_model(str(path), full_check=True)
 
 

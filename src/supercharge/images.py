@@ -27,7 +27,9 @@ def load_image(path: str | Path) -> Image.Image:
             im.load()
             return im.convert("RGB")
     except UnidentifiedImageError as exc:
-        raise ImageReadError(f"image {p} is not an image PIL can read: give a PNG/JPEG file") from exc
+        raise ImageReadError(
+            f"image {p} is not an image PIL can read: give a PNG/JPEG file"
+        ) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageReadError(

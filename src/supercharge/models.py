@@ -1,4 +1,4 @@
-"""Model loading: a timm name plus a weights spec becomes a ModelBundle (model, data config, labels).
+"""Model loading: a timm name and a weights spec become a ModelBundle (model, config, labels).
 
 Names are resolved through timm's registry (with close-match suggestions for typos); the data
 config is timm's own `resolve_model_data_config`, never typed by hand.
@@ -70,7 +70,9 @@ def class_names_for(model: torch.nn.Module) -> list[str]:
     return [f"class {i}" for i in range(num_classes)]
 
 
-def load_bundle(name: str = DEFAULT_MODEL, weights: str | WeightsSpec = "pretrained") -> ModelBundle:
+def load_bundle(
+    name: str = DEFAULT_MODEL, weights: str | WeightsSpec = "pretrained"
+) -> ModelBundle:
     """Create `name` in eval mode with the requested weights; never downloads anything."""
     import timm
 
@@ -108,7 +110,9 @@ def _load_pretrained(name: str, model: torch.nn.Module) -> tuple[torch.nn.Module
 
     cached = hf_cached_file(model.pretrained_cfg)
     if cached is not None:
-        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)})
+        model = timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)}
+        )
         return model, f"Hugging Face cache: {cached}"
 
     entry = PACKAGED_WEIGHTS.get(split_model_name_tag(name)[0])

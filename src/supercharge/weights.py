@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from supercharge.errors import WeightsMismatchError, WeightsUnavailableError
-from supercharge.registry import PACKAGED_WEIGHTS, PackagedWeights
+from supercharge.registry import PackagedWeights
 
 DEFAULT_SEED = 0
 _HF_FILENAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
@@ -92,9 +92,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for a bad file
+        detail = str(exc).splitlines()[0][:120] if str(exc) else "no detail"
         raise WeightsMismatchError(
-            f"weights file {path} cannot be read as a state dict "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'no detail'});"
+            f"weights file {path} cannot be read as a state dict ({type(exc).__name__}: {detail});"
             " give a .pth saved with torch.save(model.state_dict()) or a .safetensors file"
         ) from exc
     if not isinstance(state, Mapping) or not all(

@@ -1,0 +1,7 @@
+"""`python -m supercharge` is the `supercharge` command."""
+
+import sys
+
+from supercharge.cli import main
+
+sys.exit(main())

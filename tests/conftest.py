@@ -1,0 +1,32 @@
+"""Helpers shared by the suite's own tests."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from supercharge.cli import main
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "images"
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `supercharge ARGS` in-process; return (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+@pytest.fixture
+def coffee() -> Path:
+    return FIXTURES / "coffee.png"
+
+
+PYTHON = sys.executable

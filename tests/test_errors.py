@@ -1,0 +1,134 @@
+"""Every user error is one line, names the input, says what to do, and exits 2."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+from tests.conftest import PYTHON
+
+
+def _one_line_error(code: int, err: str) -> str:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("supercharge: error: ")
+    return lines[0]
+
+
+def test_unknown_model_suggests_close_names(run_cli, coffee):
+    line = _one_line_error(*run_cli("predict", coffee, "--model", "tf_efficientnet_lite00")[::2])
+    assert "unknown model 'tf_efficientnet_lite00'" in line
+    assert "did you mean" in line and "tf_efficientnet_lite0" in line
+
+
+def test_pretrained_unavailable_offline(run_cli, coffee, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    line = _one_line_error(*run_cli("predict", coffee, "--model", "test_resnet")[::2])
+    assert "pretrained weights for 'test_resnet' are not available offline" in line
+    assert "--weights random" in line
+
+
+def _save(model_name: str, path, seed: int = 0, mutate=None) -> None:
+    import timm
+
+    torch.manual_seed(seed)
+    sd = timm.create_model(model_name).state_dict()
+    if mutate:
+        mutate(sd)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save(sd, path)
+
+
+def test_weights_from_another_model_name_first_missing_key(run_cli, coffee, tmp_path):
+    path = tmp_path / "resnet.pth"
+    _save("test_resnet", path)
+    line = _one_line_error(
+        *run_cli("predict", coffee, "--model", "test_vit", "--weights", path)[::2]
+    )
+    assert f"weights {path} do not fit: missing key 'cls_token'" in line
+
+
+def test_weights_with_wrong_shape_name_the_tensor(run_cli, coffee, tmp_path):
+    path = tmp_path / "bad.safetensors"
+    _save("test_resnet", path, mutate=lambda sd: sd.update({"fc.bias": torch.zeros(7)}))
+    line = _one_line_error(
+        *run_cli("predict", coffee, "--model", "test_resnet", "--weights", path)[::2]
+    )
+    assert "'fc.bias' has shape (7,), model expects (1000,)" in line
+
+
+def test_weights_with_unexpected_key(run_cli, coffee, tmp_path):
+    path = tmp_path / "extra.pth"
+    _save("test_resnet", path, mutate=lambda sd: sd.update({"extra.weight": torch.zeros(1)}))
+    line = _one_line_error(
+        *run_cli("predict", coffee, "--model", "test_resnet", "--weights", path)[::2]
+    )
+    assert "unexpected key 'extra.weight'" in line
+
+
+def test_weights_file_missing(run_cli, coffee, tmp_path):
+    path = tmp_path / "nope.pth"
+    line = _one_line_error(
+        *run_cli("predict", coffee, "--model", "test_resnet", "--weights", path)[::2]
+    )
+    assert f"weights file {path} does not exist" in line
+
+
+class _NotTensors:
+    pass
+
+
+def test_pickled_objects_are_refused(run_cli, coffee, tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"fc.weight": _NotTensors()}, path)
+    line = _one_line_error(
+        *run_cli("predict", coffee, "--model", "test_resnet", "--weights", path)[::2]
+    )
+    assert f"weights file {path} cannot be read as a state dict" in line
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("missing", "does not exist"),
+        ("empty", "is empty (0 bytes)"),
+        ("not-image", "is not an image PIL can read"),
+        ("truncated", "is truncated or corrupt"),
+        ("directory", "is a directory"),
+    ],
+)
+def test_unreadable_image(run_cli, coffee, tmp_path, case, expected):
+    path = tmp_path / f"{case}.png"
+    if case == "empty":
+        path.write_bytes(b"")
+    elif case == "not-image":
+        path.write_text("this is a text file, not a picture\n")
+    elif case == "truncated":
+        path.write_bytes(coffee.read_bytes()[: coffee.stat().st_size // 2])
+    elif case == "directory":
+        path.mkdir()
+    line = _one_line_error(*run_cli("predict", coffee, path)[::2])
+    assert f"image {path} {expected}" in line
+
+
+def test_cli_process_exits_2_with_one_line(tmp_path):
+    """The installed entry point, as a user runs it: exit status 2 and a single stderr line."""
+    proc = subprocess.run(
+        [PYTHON, "-m", "supercharge", "predict", str(tmp_path / "missing.jpg")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"supercharge: error: image {tmp_path / 'missing.jpg'} does not exist: check the path"
+    ]
+    assert proc.stdout == ""

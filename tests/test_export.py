@@ -1,0 +1,96 @@
+"""ONNX export: checked against PyTorch, dynamic batch, cached, refused when wrong."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+import torch
+
+from supercharge.cache import ArtifactCache
+from supercharge.errors import ExportCheckError
+from supercharge.export import (
+    MODEL_FILE,
+    ExportOptions,
+    check_against_torch,
+    export_onnx,
+    onnx_spec,
+)
+from supercharge.models import ModelBundle, load_bundle
+
+pytestmark = pytest.mark.slow
+
+
+def test_default_pretrained_model_exports_and_matches(model_bundle, onnx_model):
+    assert onnx_model.manifest["check"]["relative_error"] <= ExportOptions().check_tolerance
+    path = onnx_model.file(MODEL_FILE)
+    proto = onnx.load(str(path))
+    assert proto.opset_import[0].version == 20
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param  # dynamic batch
+    # Re-check now, at a batch size the export never saw.
+    assert check_against_torch(model_bundle, path, batch=3) <= 1e-3
+
+
+@pytest.mark.parametrize(
+    "name", ["test_vit", "test_resnet", "test_efficientnet", "test_convnext", "test_byobnet"]
+)
+def test_export_check_passes_for_test_models(name, artifact_cache):
+    bundle = load_bundle(name, "random")
+    art = export_onnx(bundle, artifact_cache)
+    assert art.manifest["check"]["relative_error"] <= 1e-3
+    assert check_against_torch(bundle, art.file(MODEL_FILE), batch=1) <= 1e-3
+    assert check_against_torch(bundle, art.file(MODEL_FILE), batch=5) <= 1e-3
+
+
+def test_second_export_is_reused(tmp_path):
+    cache = ArtifactCache(tmp_path, log=lambda m: None)
+    bundle = load_bundle("test_resnet", "random:1")
+    first, second = export_onnx(bundle, cache), export_onnx(bundle, cache)
+    assert first.built and not second.built
+    assert second.manifest["build_seconds"] == first.manifest["build_seconds"]
+    # Other weights, other key: the cache never serves a stale model.
+    other = export_onnx(load_bundle("test_resnet", "random:2"), cache)
+    assert other.built and other.path != first.path
+
+
+def test_external_data_artifact(tmp_path):
+    cache = ArtifactCache(tmp_path, log=lambda m: None)
+    bundle = load_bundle("test_resnet", "random")
+    art = export_onnx(bundle, cache, ExportOptions(external_data=True))
+    assert (art.path / "model.onnx.data").is_file()
+    assert set(art.manifest["files"]) == {"model.onnx", "model.onnx.data"}
+    assert check_against_torch(bundle, art.file(MODEL_FILE), batch=2) <= 1e-3
+
+
+class _ExportsSomethingElse(torch.nn.Module):
+    """Eager forward differs from the exported graph: exactly what the check must catch."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        y = self.inner(x)
+        return y * 2 if torch.compiler.is_exporting() else y
+
+
+def test_mismatching_export_fails_loudly_and_is_not_cached(tmp_path):
+    good = load_bundle("test_resnet", "random")
+    bad = ModelBundle(
+        name="test_resnet",
+        model=_ExportsSomethingElse(good.model).eval(),
+        data_config=good.data_config,
+        class_names=good.class_names,
+        weights=good.weights,
+        weights_source="test",
+        weights_digest="liar",
+    )
+    cache = ArtifactCache(tmp_path, log=lambda m: None)
+    with pytest.raises(ExportCheckError, match=r"does not match PyTorch: relative error"):
+        export_onnx(bad, cache)
+    assert cache.lookup(onnx_spec(bad)) is None
+
+
+def test_opset_below_18_is_refused():
+    with pytest.raises(ValueError, match="opset 17 is too old"):
+        ExportOptions(opset=17)

@@ -1,0 +1,46 @@
+"""The default pretrained model classifies the fixture photos correctly on every CPU backend."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _first_block(out: str) -> list[tuple[str, float]]:
+    rows = re.findall(r"^(.+): ([0-9.]+)%$", out, flags=re.M)
+    return [(label, float(p)) for label, p in rows]
+
+
+@pytest.mark.parametrize("backend", ["torch-cpu", "ort-cpu"])
+def test_pretrained_default_model_says_espresso(run_cli, coffee, artifact_cache, backend):
+    code, out, err = run_cli(
+        "predict", coffee, "--backend", backend, "--artifact-dir", artifact_cache.root
+    )
+    assert code == 0, err
+    rows = _first_block(out)
+    assert len(rows) == 5
+    assert rows[0][0] == "espresso"
+    assert rows[0][1] > 90.0
+    assert [p for _, p in rows] == sorted((p for _, p in rows), reverse=True)
+
+
+def test_predict_prints_top_k_per_image(run_cli, coffee, artifact_cache):
+    chelsea = coffee.with_name("chelsea.png")
+    code, out, err = run_cli("predict", coffee, chelsea, "--top", "3")
+    assert code == 0, err
+    headers = [
+        line for line in out.splitlines() if line.endswith("(tf_efficientnet_lite0, torch-cpu):")
+    ]
+    assert [h.split(" (")[0] for h in headers] == [str(coffee), str(chelsea)]
+    rows = _first_block(out)
+    assert len(rows) == 6
+    assert rows[3][0] == "tiger cat"  # GUIDE.md: tiger cat 39.3%, Egyptian cat 35.6%
+
+
+def test_top_must_be_positive(run_cli, coffee):
+    code, _, err = run_cli("predict", coffee, "--top", "0")
+    assert code == 2
+    assert "--top 0" in err

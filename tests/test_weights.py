@@ -1,0 +1,100 @@
+"""Weights resolution: HF cache first, then the packaged registry; seeded random; file formats."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from supercharge.errors import WeightsMismatchError
+from supercharge.models import load_bundle
+from supercharge.registry import PACKAGED_WEIGHTS
+from supercharge.weights import (
+    WeightsSpec,
+    fit_by_order,
+    packaged_file,
+    read_state_dict,
+    state_digest,
+)
+
+
+def test_spec_parsing():
+    assert WeightsSpec.parse("pretrained").kind == "pretrained"
+    assert WeightsSpec.parse("random") == WeightsSpec("random", seed=0)
+    assert WeightsSpec.parse("random:7") == WeightsSpec("random", seed=7)
+    spec = WeightsSpec.parse("~/w.pth")
+    assert spec.kind == "file" and spec.path is not None and not str(spec.path).startswith("~")
+
+
+def test_random_weights_are_seeded():
+    a, b = load_bundle("test_resnet", "random:1"), load_bundle("test_resnet", "random:1")
+    c = load_bundle("test_resnet", "random:2")
+    assert a.weights_digest == b.weights_digest != c.weights_digest
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_weights_file_round_trip(tmp_path, suffix):
+    src = load_bundle("test_resnet", "random:3")
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".pth":
+        torch.save(src.model.state_dict(), path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file(src.model.state_dict(), str(path))
+    loaded = load_bundle("test_resnet", str(path))
+    assert loaded.weights_digest == src.weights_digest
+    assert loaded.weights_source == str(path)
+
+
+def test_pretrained_comes_from_hf_cache_when_present(tmp_path, monkeypatch):
+    """timm's own pretrained loading is used when the hub file is already cached locally."""
+    import huggingface_hub.constants
+    from safetensors.torch import save_file
+
+    cfg = timm.create_model("test_resnet").pretrained_cfg
+    repo = cfg["hf_hub_id"]
+    commit = "0" * 40
+    repo_dir = tmp_path / f"models--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "main").write_text(commit)
+    snap = repo_dir / "snapshots" / commit
+    snap.mkdir(parents=True)
+    reference = load_bundle("test_resnet", "random:5")
+    save_file(reference.model.state_dict(), str(snap / "model.safetensors"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+
+    bundle = load_bundle("test_resnet", "pretrained")
+    assert bundle.weights_source.startswith("Hugging Face cache")
+    assert bundle.weights_digest == reference.weights_digest
+
+
+def test_registry_resolves_default_model_weights():
+    entry = PACKAGED_WEIGHTS["tf_efficientnet_lite0"]
+    path = packaged_file(entry)
+    assert path is not None and path.suffix == ".pth"
+    bundle = load_bundle("tf_efficientnet_lite0", "pretrained")
+    assert entry.distribution in bundle.weights_source
+    # The packaged tensors, remapped by order, are exactly what the model now holds.
+    remapped = fit_by_order(read_state_dict(path), bundle.model.state_dict(), "registry")
+    assert state_digest(remapped) == bundle.weights_digest
+
+
+def test_order_remap_refuses_a_different_architecture():
+    path = packaged_file(PACKAGED_WEIGHTS["tf_efficientnet_lite0"])
+    target = timm.create_model("test_efficientnet").state_dict()
+    with pytest.raises(WeightsMismatchError, match=r"do not fit: 296 tensors, model has \d+"):
+        fit_by_order(read_state_dict(path), target, "lite0")
+
+
+def test_order_remap_names_the_first_shape_mismatch():
+    target = {"a.weight": torch.zeros(3, 3), "b.weight": torch.zeros(4)}
+    source = {"x": torch.zeros(3, 3), "y": torch.zeros(5)}
+    with pytest.raises(WeightsMismatchError, match=r"'y' \(5,\) lines up with 'b.weight' \(4,\)"):
+        fit_by_order(source, target, "src")
+
+
+def test_class_names_are_imagenet_descriptions():
+    bundle = load_bundle("test_resnet", "random")
+    assert len(bundle.class_names) == 1000
+    assert bundle.class_names[967] == "espresso"
