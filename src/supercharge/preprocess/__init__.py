@@ -1,5 +1,5 @@
 """Preprocessing: the model's own eval transform, in every form the suite benchmarks."""
 
-from supercharge.preprocess.reference import timm_batch, timm_transform
+from supercharge.preprocess.reference import TimmPreprocess, timm_batch, timm_transform
 
-__all__ = ["timm_batch", "timm_transform"]
+__all__ = ["TimmPreprocess", "timm_batch", "timm_transform"]

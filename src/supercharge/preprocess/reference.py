@@ -16,9 +16,21 @@ def timm_transform(data_config: Mapping[str, Any]) -> Any:
     return create_transform(**data_config, is_training=False)
 
 
-def timm_batch(images: Sequence[Image.Image], data_config: Mapping[str, Any]) -> np.ndarray:
-    """Float32 NCHW batch from RGB PIL images via timm's own transform."""
-    import torch
+class TimmPreprocess:
+    """RGB PIL images -> float32 NCHW batch through timm's own transform (the reference)."""
 
-    transform = timm_transform(data_config)
-    return torch.stack([transform(im) for im in images]).numpy()
+    name = "timm"
+
+    def __init__(self, data_config: Mapping[str, Any]) -> None:
+        import torch
+
+        self._torch = torch
+        self.transform = timm_transform(data_config)
+
+    def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return self._torch.stack([self.transform(im) for im in images]).numpy()
+
+
+def timm_batch(images: Sequence[Image.Image], data_config: Mapping[str, Any]) -> np.ndarray:
+    """One-shot convenience around TimmPreprocess."""
+    return TimmPreprocess(data_config)(images)
