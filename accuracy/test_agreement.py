@@ -23,7 +23,9 @@ def reference_logits(model_bundle, artifact_cache, fixture_images):
 
 
 @pytest.mark.parametrize("backend", ["ort-cpu"])
-def test_top5_matches_pytorch(backend, model_bundle, artifact_cache, fixture_images, reference_logits):
+def test_top5_matches_pytorch(
+    backend, model_bundle, artifact_cache, fixture_images, reference_logits
+):
     runner = create_runner(backend, model_bundle, artifact_cache)
     batch = TimmPreprocess(model_bundle.data_config)(list(fixture_images.values()))
     got = dict(zip(fixture_images, runner.run(batch), strict=True))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import onnx
 import pytest
 import torch
@@ -15,7 +17,7 @@ from supercharge.export import (
     export_onnx,
     onnx_spec,
 )
-from supercharge.models import ModelBundle, load_bundle
+from supercharge.models import ModelBundle, ModelRef, load_bundle, resolve_model
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +55,20 @@ def test_second_export_is_reused(tmp_path):
     assert other.built and other.path != first.path
 
 
+def test_cache_hit_does_not_create_the_model(tmp_path, monkeypatch):
+    import supercharge.export
+
+    cache = ArtifactCache(tmp_path, log=lambda m: None)
+    ref = resolve_model("test_resnet", "random:4")
+    assert export_onnx(ref, cache).built
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a cache hit must not create the model")
+
+    monkeypatch.setattr(supercharge.export, "load_bundle", no_model)
+    assert not export_onnx(ref, cache).built
+
+
 def test_external_data_artifact(tmp_path):
     cache = ArtifactCache(tmp_path, log=lambda m: None)
     bundle = load_bundle("test_resnet", "random")
@@ -76,19 +92,12 @@ class _ExportsSomethingElse(torch.nn.Module):
 
 def test_mismatching_export_fails_loudly_and_is_not_cached(tmp_path):
     good = load_bundle("test_resnet", "random")
-    bad = ModelBundle(
-        name="test_resnet",
-        model=_ExportsSomethingElse(good.model).eval(),
-        data_config=good.data_config,
-        class_names=good.class_names,
-        weights=good.weights,
-        weights_source="test",
-        weights_digest="liar",
-    )
+    liar = ModelRef("test_resnet", replace(good.ref.weights, digest="liar"))
+    bad = ModelBundle(liar, _ExportsSomethingElse(good.model).eval(), good.data_config, [])
     cache = ArtifactCache(tmp_path, log=lambda m: None)
     with pytest.raises(ExportCheckError, match=r"does not match PyTorch: relative error"):
         export_onnx(bad, cache)
-    assert cache.lookup(onnx_spec(bad)) is None
+    assert cache.lookup(onnx_spec(bad.ref)) is None
 
 
 def test_opset_below_18_is_refused():

@@ -29,7 +29,9 @@ def test_spec_parsing():
 def test_random_weights_are_seeded():
     a, b = load_bundle("test_resnet", "random:1"), load_bundle("test_resnet", "random:1")
     c = load_bundle("test_resnet", "random:2")
-    assert a.weights_digest == b.weights_digest != c.weights_digest
+    digests = [state_digest(x.model.state_dict()) for x in (a, b, c)]
+    assert digests[0] == digests[1] != digests[2]
+    assert a.ref.weights.digest == b.ref.weights.digest != c.ref.weights.digest
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
@@ -43,7 +45,7 @@ def test_weights_file_round_trip(tmp_path, suffix):
 
         save_file(src.model.state_dict(), str(path))
     loaded = load_bundle("test_resnet", str(path))
-    assert loaded.weights_digest == src.weights_digest
+    assert state_digest(loaded.model.state_dict()) == state_digest(src.model.state_dict())
     assert loaded.weights_source == str(path)
 
 
@@ -66,7 +68,7 @@ def test_pretrained_comes_from_hf_cache_when_present(tmp_path, monkeypatch):
 
     bundle = load_bundle("test_resnet", "pretrained")
     assert bundle.weights_source.startswith("Hugging Face cache")
-    assert bundle.weights_digest == reference.weights_digest
+    assert state_digest(bundle.model.state_dict()) == state_digest(reference.model.state_dict())
 
 
 def test_registry_resolves_default_model_weights():
@@ -77,7 +79,7 @@ def test_registry_resolves_default_model_weights():
     assert entry.distribution in bundle.weights_source
     # The packaged tensors, remapped by order, are exactly what the model now holds.
     remapped = fit_by_order(read_state_dict(path), bundle.model.state_dict(), "registry")
-    assert state_digest(remapped) == bundle.weights_digest
+    assert state_digest(remapped) == state_digest(bundle.model.state_dict())
 
 
 def test_order_remap_refuses_a_different_architecture():
@@ -98,3 +100,11 @@ def test_class_names_are_imagenet_descriptions():
     bundle = load_bundle("test_resnet", "random")
     assert len(bundle.class_names) == 1000
     assert bundle.class_names[967] == "espresso"
+
+
+def test_unknown_pretrained_tag_lists_known_tags():
+    from supercharge.errors import UnknownModelError
+    from supercharge.models import resolve_model
+
+    with pytest.raises(UnknownModelError, match=r"unknown tag 'bogus' for model 'test_resnet'"):
+        resolve_model("test_resnet.bogus", "random")

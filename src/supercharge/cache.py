@@ -74,7 +74,7 @@ class Artifact:
 Builder = Callable[[Path], Mapping[str, Any] | None]
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -138,7 +138,7 @@ class ArtifactCache:
             extra = dict(build(tmp) or {})
             seconds = time.perf_counter() - start
             files = {
-                str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+                str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
                 for p in sorted(tmp.rglob("*"))
                 if p.is_file()
             }
@@ -192,7 +192,7 @@ class ArtifactCache:
         for rel, meta in files.items():
             p = path / rel
             try:
-                if p.stat().st_size != meta["size"] or _sha256(p) != meta["sha256"]:
+                if p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
                     return None
             except (OSError, KeyError, TypeError):
                 return None

