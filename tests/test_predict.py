@@ -32,7 +32,9 @@ def test_predict_prints_top_k_per_image(run_cli, coffee, artifact_cache):
     code, out, err = run_cli("predict", coffee, chelsea, "--top", "3")
     assert code == 0, err
     headers = [
-        line for line in out.splitlines() if line.endswith("(tf_efficientnet_lite0, torch-cpu):")
+        line
+        for line in out.splitlines()
+        if line.endswith("(tf_efficientnet_lite0, torch-cpu, timm):")
     ]
     assert [h.split(" (")[0] for h in headers] == [str(coffee), str(chelsea)]
     rows = _first_block(out)

@@ -32,6 +32,7 @@ def _common() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from supercharge.pipeline import PREPROCESS
     from supercharge.runners import BACKENDS
 
     parser = argparse.ArgumentParser(prog="supercharge", description=__doc__)
@@ -40,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", parents=[_common()], help="top-k classes for images")
     pr.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     pr.add_argument("--backend", choices=sorted(BACKENDS), default="torch-cpu")
+    pr.add_argument(
+        "--preprocess",
+        choices=PREPROCESS,
+        default="timm",
+        help="timm (PIL reference), numpy, cupy (GPU), baked into the ONNX graph, or the "
+        "blog post's flawed 'seed' graph (baked and seed need an ort-* backend)",
+    )
     pr.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
 
     sub.add_parser("export", parents=[_common()], help="build or reuse the ONNX artifacts")
@@ -50,18 +58,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from supercharge.cache import ArtifactCache
     from supercharge.images import load_image
     from supercharge.models import load_bundle
-    from supercharge.predict import classify
-    from supercharge.preprocess import timm_batch
-    from supercharge.runners import create_runner
+    from supercharge.pipeline import build_pipeline
+    from supercharge.predict import top_k
 
     if args.top < 1:
         raise SuperchargeError(f"--top {args.top}: give a positive number of classes")
     images = [load_image(p) for p in args.images]  # fail on a bad image before loading a model
     bundle = load_bundle(args.model, args.weights)
-    runner = create_runner(args.backend, bundle, ArtifactCache(args.artifact_dir))
-    batch = timm_batch(images, bundle.data_config)
-    for path, preds in zip(args.images, classify(bundle, runner, batch, args.top), strict=True):
-        print(f"{path} ({bundle.name}, {runner.backend}):")
+    cache = ArtifactCache(args.artifact_dir)
+    pipeline = build_pipeline(bundle, cache, args.backend, args.preprocess)
+    ranked = top_k(pipeline(images), bundle.class_names, args.top)
+    for path, preds in zip(args.images, ranked, strict=True):
+        print(f"{path} ({bundle.name}, {pipeline.runner.backend}, {args.preprocess}):")
         for pred in preds:
             print(pred)
     return 0

@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from supercharge.models import ModelBundle
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -29,8 +27,3 @@ def top_k(logits: np.ndarray, class_names: Sequence[str], k: int = 5) -> list[li
         [Prediction(int(i), class_names[int(i)], float(p)) for p, i in zip(vs, idx, strict=True)]
         for vs, idx in zip(values, indices, strict=True)
     ]
-
-
-def classify(bundle: ModelBundle, runner, batch: np.ndarray, k: int = 5) -> list[list[Prediction]]:
-    """Run a prepared runner on a preprocessed batch and rank its logits."""
-    return top_k(runner.run(batch), bundle.class_names, k)

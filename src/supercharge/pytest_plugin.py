@@ -34,6 +34,28 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
 
 
+def _register_hypothesis_profiles() -> None:
+    """`fast` (default, for the README test command) and `thorough` (>= 1000 examples).
+
+    Choose with hypothesis' own option: --hypothesis-profile=thorough.
+    """
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:
+        return
+    common = {
+        "deadline": None,
+        "derandomize": False,
+        "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+    }
+    settings.register_profile("fast", max_examples=25, **common)
+    settings.register_profile("thorough", max_examples=1000, **common)
+    settings.load_profile("fast")
+
+
+_register_hypothesis_profiles()
+
+
 def gpu_unavailable_reason() -> str | None:
     """Why GPU tests cannot run here, or None when a CUDA device is usable."""
     try:

@@ -62,8 +62,7 @@ class OrtRunner(Runner):
         self._output = session.get_outputs()[0].name
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        return self.session.run([self._output], {self._input: x})[0]
+        return self.session.run([self._output], {self._input: np.ascontiguousarray(batch)})[0]
 
     def describe(self) -> dict[str, Any]:
         import onnxruntime as ort
