@@ -1,0 +1,190 @@
+"""One ONNX file from raw pixels to logits: a preprocessing graph joined to the exported model.
+
+The preprocessing graph is built with the model's own opset and IR version (merge_models refuses
+a mismatch), joined with onnx.compose.merge_models, checked, and cached as an "onnx-merged"
+artifact keyed by everything that changes it: the model's ONNX artifact, the variant, the
+preprocessing spec, the image size (separable only) and the tool versions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from supercharge.cache import Artifact, ArtifactCache, ArtifactSpec
+from supercharge.errors import SuperchargeError
+from supercharge.export import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, export_onnx, versions
+from supercharge.models import ModelBundle, ModelRef, load_bundle
+from supercharge.preprocess import onnx_graph
+from supercharge.preprocess.spec import PreprocessSpec
+
+VARIANTS = ("baked", "seed", "separable")
+KIND = "onnx-merged"
+DATA_FILE = MODEL_FILE + ".data"
+GRAPH_REVISION = 1  # bump when onnx_graph.py changes what it builds, so caches rebuild
+_PREFIX = "pre_"
+_PROTOBUF_LIMIT = 2**31 - 1
+_SMALL_ENOUGH = _PROTOBUF_LIMIT - 64 * 2**20  # headroom for the graph around the weights
+
+_INPUT_LAYOUTS = {
+    "baked": "uint8 NHWC RGB, any H and W",
+    "seed": "float32 NCHW RGB 0..255, any H and W",
+    "separable": "uint8 NHWC RGB, fixed H and W",
+}
+
+
+def _spec_for(model: ModelBundle | ModelRef, onnx_artifact: Artifact) -> PreprocessSpec:
+    """From the bundle, else from the export's manifest (no model creation), else load it."""
+    if isinstance(model, ModelBundle):
+        return PreprocessSpec.from_data_config(model.data_config)
+    config = onnx_artifact.manifest.get("data_config")
+    if config is None:
+        config = load_bundle(model).data_config
+    return PreprocessSpec.from_data_config(config)
+
+
+def _check_args(variant: str, image_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r} is not one of {', '.join(VARIANTS)}")
+    if variant != "separable":
+        if image_size is not None:
+            raise ValueError(f"image_size is only for the separable variant, not {variant!r}")
+        return None
+    if image_size is None:
+        raise ValueError("variant 'separable' needs image_size=(height, width)")
+    if len(image_size) != 2 or not all(isinstance(s, int) and s > 0 for s in image_size):
+        raise ValueError(f"image_size {image_size!r} must be two positive integers (h, w)")
+    return (image_size[0], image_size[1])
+
+
+def build_preprocess(
+    spec: PreprocessSpec,
+    variant: str,
+    image_size: tuple[int, int] | None,
+    opset: int,
+    ir_version: int,
+) -> onnx.ModelProto:
+    """The preprocessing graph of `variant` for a model with this opset and IR version."""
+    if variant == "baked":
+        return onnx_graph.build_preprocess_model(spec, opset=opset, ir_version=ir_version)
+    if variant == "seed":
+        return onnx_graph.build_seed_model(spec, opset=opset, ir_version=ir_version)
+    assert image_size is not None
+    return onnx_graph.build_separable_model(spec, *image_size, opset=opset, ir_version=ir_version)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise ValueError("the model imports no default-domain opset")
+
+
+def _check_input_size(model: onnx.ModelProto, input_name: str, spec: PreprocessSpec) -> None:
+    """The model must take the spec's input size, or the graphs would join but not run."""
+    for value in model.graph.input:
+        if value.name == input_name:
+            dims = [d.dim_value for d in value.type.tensor_type.shape.dim[2:]]
+            if all(dims) and tuple(dims) != spec.input_size:
+                raise SuperchargeError(
+                    f"model input {input_name!r} is {tuple(dims)} but the data config says "
+                    f"{spec.input_size}: re-export the model"
+                )
+            return
+    raise SuperchargeError(f"the ONNX model has no input {input_name!r}: re-export the model")
+
+
+def merge(pre: onnx.ModelProto, model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
+    """pre's pixel_values feed the model's `input_name`; input 'image' and the model's outputs.
+
+    Only the preprocessing side is prefixed (the model keeps its names, so 'logits' stays);
+    the prefixed 'pre_image' is renamed back to 'image'.
+    """
+    merged = onnx.compose.merge_models(
+        pre,
+        model,
+        io_map=[(onnx_graph.OUTPUT_NAME, input_name)],
+        prefix1=_PREFIX,
+        doc_string=f"{pre.doc_string}, then {model.graph.name or 'the model'}",
+    )
+    # merge_models (onnx 1.23) checks the two opset lists agree but keeps both: dedupe them
+    opsets = {entry.domain: entry.version for entry in merged.opset_import}
+    del merged.opset_import[:]
+    merged.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
+    old, new = _PREFIX + onnx_graph.INPUT_NAME, onnx_graph.INPUT_NAME
+    for value in merged.graph.input:
+        if value.name == old:
+            value.name = new
+    for node in merged.graph.node:  # the preprocessing nodes are flat: no subgraphs to visit
+        node.input[:] = [new if name == old else name for name in node.input]
+    return merged
+
+
+def _weights_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
+
+
+def save_checked(model: onnx.ModelProto, path: Path, external_data: bool) -> None:
+    """Save (weights beside it in model.onnx.data when asked or when over 2 GB), then check."""
+    if external_data or _weights_bytes(model) > _SMALL_ENOUGH:
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=DATA_FILE,
+        )
+    else:
+        onnx.save_model(model, str(path))
+    onnx.checker.check_model(str(path))  # by path: works above 2 GB too
+
+
+def merged_model(
+    model: ModelBundle | ModelRef,
+    cache: ArtifactCache,
+    variant: str = "baked",
+    *,
+    image_size: tuple[int, int] | None = None,
+) -> Artifact:
+    """The model with `variant` preprocessing in front, as one cached, checked ONNX file.
+
+    variant: "baked" (Pillow-matched Resize, any image size), "seed" (the blog post's, to show
+    its cost) or "separable" (two MatMuls, TensorRT-friendly; needs image_size=(h, w)).
+    The artifact's "model.onnx" takes input "image" and returns the model's "logits".
+    """
+    size = _check_args(variant, image_size)
+    onnx_artifact = export_onnx(model, cache)
+    spec = _spec_for(model, onnx_artifact)
+    inputs: dict[str, Any] = {
+        "model_onnx": onnx_artifact.manifest["key"],
+        "variant": variant,
+        "spec": spec.as_data_config(),
+        "image_size": list(size) if size else None,
+        "graph_revision": GRAPH_REVISION,
+        "versions": versions(),
+    }
+
+    def build(out_dir: Path) -> dict[str, Any]:
+        source = onnx_artifact.file(MODEL_FILE)
+        net = onnx.load(str(source))  # external data, if any, is loaded from beside it
+        input_name = onnx_artifact.manifest.get("input_name", INPUT_NAME)
+        _check_input_size(net, input_name, spec)
+        opset = default_opset(net)
+        pre = build_preprocess(spec, variant, size, opset, net.ir_version)
+        merged = merge(pre, net, input_name)
+        external = onnx_artifact.file(DATA_FILE).exists()
+        save_checked(merged, out_dir / MODEL_FILE, external)
+        return {
+            "input_name": onnx_graph.INPUT_NAME,
+            "input_layout": _INPUT_LAYOUTS[variant],
+            "output_name": onnx_artifact.manifest.get("output_name", OUTPUT_NAME),
+            "opset": opset,
+            "ir_version": net.ir_version,
+            "data_config": spec.as_data_config(),
+        }
+
+    return cache.get_or_build(
+        ArtifactSpec(kind=KIND, name=f"{model.name}-{variant}", inputs=inputs), build
+    )
