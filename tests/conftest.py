@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -30,3 +32,24 @@ def coffee() -> Path:
 
 
 PYTHON = sys.executable
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def pytester_run(tmp_path):
+    """Run pytest on this repository in a subprocess (own artifact dir); returns the result."""
+
+    def run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+        env = {**os.environ, "SUPERCHARGE_ARTIFACT_DIR": str(tmp_path / "artifacts")}
+        return subprocess.run(
+            [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    return run

@@ -1,18 +1,25 @@
 """The pytest layer's options and session fixtures; conftest.py only loads this module.
 
 Artifacts come from the cache, so they are built once per session and reused across sessions.
-GPU tests carry the `gpu` marker: without a CUDA device they skip with the reason, and under
---require-gpu that skip becomes a failure, so a misconfigured GPU runner cannot pass by skipping.
+GPU tests carry the `gpu` marker: where their backend cannot run they skip with the reason, and
+under --require-gpu that skip becomes a failure, so a misconfigured GPU runner cannot pass by
+skipping. Tests that take a `case` (perf/) or `combo` (accuracy/) fixture are parametrized over
+the grid in supercharge.cases, filtered by --backends, --preprocess, --precisions, --batch-sizes.
+Timings and agreement rows collected during the session become the report (supercharge.report).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from supercharge.errors import SuperchargeError
 from supercharge.models import DEFAULT_MODEL
+
+_RESULTS = pytest.StashKey["SuiteResults"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,10 +35,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="fail, instead of skipping, tests that need a GPU when none is usable",
     )
+    group.addoption(
+        "--backends",
+        default=None,
+        help="comma-separated backends to run (default: all): torch-cpu,torch-cuda,ort-cpu,...",
+    )
+    group.addoption(
+        "--preprocess",
+        default=None,
+        help="comma-separated preprocessing (default: all): timm,numpy,cupy,baked,seed",
+    )
+    group.addoption(
+        "--precisions", default=None, help="comma-separated precisions (default: all): fp32,..."
+    )
+    group.addoption("--batch-sizes", default="1,8", help="comma-separated batch sizes (1,8)")
+    group.addoption(
+        "--report-dir",
+        default=None,
+        help="where the speed and accuracy report goes (default: <rootdir>/reports)",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from supercharge.report import SuiteResults
+
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
+    config.stash[_RESULTS] = SuiteResults()
+    try:
+        _grid_selection(config)
+    except SuperchargeError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _register_hypothesis_profiles() -> None:
@@ -56,21 +89,82 @@ def _register_hypothesis_profiles() -> None:
 _register_hypothesis_profiles()
 
 
-def gpu_unavailable_reason() -> str | None:
-    """Why GPU tests cannot run here, or None when a CUDA device is usable."""
-    try:
-        import torch
-    except ImportError:
-        return "torch is not installed"
-    if not torch.cuda.is_available():
-        return "no CUDA device (torch.cuda.is_available() is False)"
-    return None
+def gpu_unavailable_reason(backend: str | None = None, preprocess: str | None = None) -> str | None:
+    """Why a GPU test (of `backend` with `preprocess`, if given) cannot run here, or None."""
+    from supercharge import gpu
+
+    if backend is None:
+        return gpu.cuda_unavailable_reason()
+    return gpu.backend_unavailable_reason(backend, preprocess)
+
+
+def _grid_selection(config: pytest.Config) -> tuple[list[Any], tuple[int, ...]]:
+    """The combos and batch sizes the grid options select (raises SuperchargeError)."""
+    from supercharge import cases
+
+    combos = cases.combos(
+        backends=cases.parse_list(config.getoption("--backends")),
+        preprocess=cases.parse_list(config.getoption("--preprocess")),
+        precisions=cases.parse_list(config.getoption("--precisions")),
+    )
+    return combos, cases.parse_batch_sizes(config.getoption("--batch-sizes"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `combo` (accuracy) and `case` (perf) over the filtered grid."""
+    wanted = [name for name in ("case", "combo") if name in metafunc.fixturenames]
+    if not wanted:
+        return
+    from supercharge import cases
+
+    config = metafunc.config
+    combos, batch_sizes = _grid_selection(config)  # validated in pytest_configure
+    model = config.getoption("--model")
+
+    def marks(combo: Any) -> list[pytest.MarkDecorator]:
+        if combo.device == "cpu":
+            return []
+        return [pytest.mark.gpu(backend=combo.backend, preprocess=combo.preprocess)]
+
+    if "case" in wanted:
+        params = [
+            pytest.param(c, id=c.id, marks=marks(c.combo))
+            for c in cases.grid(model, combos, batch_sizes)
+        ]
+        metafunc.parametrize("case", params)
+    else:
+        params = [pytest.param(c, id=f"{model}-{c.id}", marks=marks(c)) for c in combos]
+        metafunc.parametrize("combo", params)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run each pipeline's grid cases back to back (end to end, then the model alone), so the
+    one-pipeline cache in `pipeline_for` builds each pipeline once."""
+    slots = [i for i, item in enumerate(items) if "case" in _params(item)]
+    if not slots:
+        return
+    combos, _ = _grid_selection(config)
+    order = {combo: n for n, combo in enumerate(combos)}
+
+    def key(i: int) -> tuple[int, int, int]:
+        case = _params(items[i])["case"]
+        return (order.get(case.combo, len(order)), case.batch_size, i)
+
+    reordered = [items[i] for i in sorted(slots, key=key)]
+    for slot, item in zip(slots, reordered, strict=True):
+        items[slot] = item
+
+
+def _params(item: pytest.Item) -> dict[str, Any]:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params if callspec is not None else {}
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("gpu") is None:
+    marker = item.get_closest_marker("gpu")
+    if marker is None:
         return
-    reason = gpu_unavailable_reason()
+    reason = gpu_unavailable_reason(**marker.kwargs)
     if reason is None:
         return
     if item.config.getoption("--require-gpu"):
@@ -130,3 +224,73 @@ def fixture_images(fixture_image_paths):
     from supercharge.images import load_image
 
     return {p.name: load_image(p) for p in fixture_image_paths}
+
+
+@pytest.fixture(scope="session")
+def batch_sizes(pytestconfig: pytest.Config) -> tuple[int, ...]:
+    """--batch-sizes: every pipeline warms up (and TensorRT builds profiles) for these."""
+    from supercharge.cases import parse_batch_sizes
+
+    try:
+        return parse_batch_sizes(pytestconfig.getoption("--batch-sizes"))
+    except SuperchargeError as exc:
+        _user_error(exc)
+
+
+@pytest.fixture(scope="session")
+def pipeline_for(model_bundle, artifact_cache, batch_sizes) -> Callable[[Any], Any]:
+    """combo -> prepared Pipeline. Only the latest one is kept: the grid is ordered so that
+    consecutive cases share it, and a large model's sessions are not all held at once."""
+    from supercharge.pipeline import build_pipeline
+
+    held: dict[Any, Any] = {}
+
+    def get(combo: Any) -> Any:
+        if combo not in held:
+            held.clear()
+            try:
+                held[combo] = build_pipeline(
+                    model_bundle,
+                    artifact_cache,
+                    combo.backend,
+                    combo.preprocess,
+                    precision=combo.precision,
+                    batch_sizes=batch_sizes,
+                )
+            except SuperchargeError as exc:
+                _user_error(exc)
+        return held[combo]
+
+    yield get
+    held.clear()
+
+
+@pytest.fixture(scope="session")
+def suite_results(pytestconfig: pytest.Config):
+    """The session's timings and agreement rows; written as the report at the end."""
+    return pytestconfig.stash[_RESULTS]
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """CPU model, GPU, driver and the runtime versions, so compared runs say what differed."""
+    from supercharge.report import machine_info as suite_machine_info
+
+    machine_info.update(suite_machine_info())
+
+
+def _report_dir(config: pytest.Config) -> Path:
+    chosen = config.getoption("--report-dir")
+    return Path(chosen) if chosen else config.rootpath / "reports"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    results = config.stash.get(_RESULTS, None)
+    if results is None or results.empty:
+        return
+    from supercharge.report import write_report
+
+    written, text = write_report(results, _report_dir(config))
+    terminalreporter.section("supercharge report")
+    terminalreporter.write_line(text)
+    for path in written:
+        terminalreporter.write_line(f"wrote {path}")

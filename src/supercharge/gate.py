@@ -1,0 +1,165 @@
+"""The merge gate: compare two saved pytest-benchmark runs case by case and name regressions.
+
+Shared CI runners drift, so the default judges each case's speedup over its own run's baseline
+(PyTorch eager fp32 + timm on the same device and batch size): a ratio measured within one run,
+which machine-wide slowdowns cancel out of. `--stat median` compares absolute medians instead, and
+when both runs saved their raw rounds (--benchmark-save-data) a slowdown must also be significant
+(one-sided Mann-Whitney U, scipy) so one noisy round cannot fail a merge.
+Unlike --benchmark-compare-fail, this never touches saved runs: a regressed run cannot silently
+become the next baseline (GUIDE.md).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supercharge.errors import SuperchargeError
+
+BASELINE = ("timm", "fp32")  # the reference preprocessing and precision, on the case's device
+
+
+@dataclass(frozen=True)
+class Verdict:
+    key: str  # case id and timed group
+    baseline: float | None  # the compared quantity in the baseline run
+    current: float | None
+    change: float | None  # fraction: +0.12 = 12% worse
+    status: str  # "ok", "regressed", "missing", "new", "no-baseline"
+    note: str = ""
+
+    def line(self) -> str:
+        def fmt(v: float | None) -> str:
+            return "-" if v is None else f"{v:.4g}"
+
+        change = "" if self.change is None else f" {self.change:+.1%}"
+        note = f"  ({self.note})" if self.note else ""
+        return (
+            f"{self.status:<11} {self.key}: {fmt(self.baseline)} -> {fmt(self.current)}"
+            f"{change}{note}"
+        )
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    """A pytest-benchmark JSON file, or the newest one under a folder (e.g. .benchmarks)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.rglob("*.json"), key=lambda p: p.stat().st_mtime)
+        if not files:
+            raise SuperchargeError(
+                f"{path} holds no pytest-benchmark JSON: run the suite with "
+                "--benchmark-autosave or --benchmark-json first"
+            )
+        path = files[-1]
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SuperchargeError(f"{path}: no such file: give a pytest-benchmark JSON") from None
+    except (OSError, ValueError) as exc:
+        raise SuperchargeError(
+            f"{path} is not readable JSON ({exc}): give a pytest-benchmark JSON"
+        ) from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise SuperchargeError(
+            f"{path} is not a pytest-benchmark run (no 'benchmarks' list): "
+            "give a file written by --benchmark-json or --benchmark-autosave"
+        )
+    data["_path"] = str(path)
+    return data
+
+
+def _key(bench: dict[str, Any]) -> str:
+    info = bench.get("extra_info") or {}
+    if "case" in info and "timed" in info:
+        return f"{info['case']} [{info['timed']}]"
+    return bench.get("fullname") or bench["name"]
+
+
+def _speedups(run: dict[str, Any]) -> dict[str, float]:
+    """Each case's speedup over its own run's baseline (same model, device, batch, group)."""
+    medians: dict[tuple, float] = {}
+    for b in run["benchmarks"]:
+        info = b.get("extra_info") or {}
+        if "backend" not in info:
+            continue
+        device = info["backend"].split("-", 1)[1] if info["backend"].startswith("torch-") else None
+        if device and (info.get("preprocess"), info.get("precision")) == BASELINE:
+            medians[(info.get("model"), device, info.get("batch_size"), info.get("timed"))] = b[
+                "stats"
+            ]["median"]
+    out = {}
+    for b in run["benchmarks"]:
+        info = b.get("extra_info") or {}
+        device = "cpu" if str(info.get("device", "cpu")).startswith("cpu") else "cuda"
+        base = medians.get((info.get("model"), device, info.get("batch_size"), info.get("timed")))
+        if base is not None:
+            out[_key(b)] = base / b["stats"]["median"]
+    return out
+
+
+def _significantly_slower(base: list[float], cur: list[float], alpha: float) -> bool | None:
+    """One-sided Mann-Whitney U: are the current rounds slower? None without raw rounds."""
+    if len(base) < 5 or len(cur) < 5:
+        return None
+    from scipy.stats import mannwhitneyu
+
+    return bool(mannwhitneyu(cur, base, alternative="greater").pvalue < alpha)
+
+
+def compare(
+    baseline: dict[str, Any],
+    current: dict[str, Any],
+    max_slowdown: float = 0.10,
+    stat: str = "speedup",
+    alpha: float = 0.01,
+) -> list[Verdict]:
+    """One verdict per case of either run; `max_slowdown` is a fraction (0.10 = 10%)."""
+    if stat not in ("speedup", "median"):
+        raise SuperchargeError(f"--stat {stat!r}: choose speedup or median")
+    if max_slowdown < 0:
+        raise SuperchargeError(f"--max-slowdown {max_slowdown:.0%}: give a non-negative percent")
+    base_b = {_key(b): b for b in baseline["benchmarks"]}
+    cur_b = {_key(b): b for b in current["benchmarks"]}
+    base_s, cur_s = _speedups(baseline), _speedups(current)
+    verdicts = []
+    for key in sorted(base_b.keys() | cur_b.keys()):
+        if key not in cur_b:
+            verdicts.append(Verdict(key, None, None, None, "missing", "not run in current"))
+            continue
+        if key not in base_b:
+            verdicts.append(Verdict(key, None, None, None, "new"))
+            continue
+        if stat == "speedup":
+            if key not in base_s or key not in cur_s:
+                verdicts.append(
+                    Verdict(key, None, None, None, "no-baseline", "its run lacks torch timm fp32")
+                )
+                continue
+            b, c = base_s[key], cur_s[key]
+            change = b / c - 1.0  # speedup fell by this fraction
+            bad = change > max_slowdown
+            verdicts.append(Verdict(key, b, c, change, "regressed" if bad else "ok", "speedup"))
+        else:
+            b, c = base_b[key]["stats"]["median"], cur_b[key]["stats"]["median"]
+            change = c / b - 1.0
+            bad = change > max_slowdown
+            note = "median s"
+            if bad:
+                sig = _significantly_slower(
+                    base_b[key]["stats"].get("data") or [],
+                    cur_b[key]["stats"].get("data") or [],
+                    alpha,
+                )
+                if sig is False:
+                    bad, note = False, f"median s; not significant at p<{alpha}"
+            verdicts.append(Verdict(key, b, c, change, "regressed" if bad else "ok", note))
+    return verdicts
+
+
+def machine_differences(baseline: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The machine facts that differ between the runs (absolute medians then mean little)."""
+    a, b = baseline.get("machine_info") or {}, current.get("machine_info") or {}
+    keys = ("cpu_model", "cpu_count", "gpu_name", "driver", "torch", "onnxruntime", "tensorrt")
+    return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in keys if a.get(k) != b.get(k)]

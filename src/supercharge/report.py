@@ -1,0 +1,246 @@
+"""The session's report: speedup table (like the blog's), accuracy table, JSON and a bar chart.
+
+Measuring is pytest-benchmark's job and judging is agreement.py's; this module only turns what
+they recorded into tables and files. Speedups are ratios measured in one run: every case against
+PyTorch eager fp32 with timm's transform on the same device, model, batch size and timing group.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from supercharge.cases import Case
+
+END_TO_END = "end-to-end"
+MODEL_ONLY = "model"
+
+SPEED_COLUMNS = (
+    ("case", "case"),
+    ("group", "timed"),
+    ("ms_per_image", "ms/image"),
+    ("images_per_s", "images/s"),
+    ("speedup", "speedup"),
+    ("iqr_ms", "IQR ms"),
+    ("rounds", "rounds"),
+    ("providers", "ran on"),
+)
+
+
+@dataclass
+class Timing:
+    """One benchmark's result: the case, what was timed, and the runner's own account of it."""
+
+    case: Case
+    group: str  # END_TO_END (decoded images in, host logits out) or MODEL_ONLY
+    median_s: float
+    iqr_s: float
+    rounds: int
+    ran: dict[str, Any] = field(default_factory=dict)  # Runner.describe()
+
+    @property
+    def ms_per_image(self) -> float:
+        return 1000.0 * self.median_s / self.case.batch_size
+
+    @property
+    def images_per_s(self) -> float:
+        return self.case.batch_size / self.median_s
+
+
+@dataclass
+class SuiteResults:
+    """Everything the session measured, in the order it was measured."""
+
+    timings: list[Timing] = field(default_factory=list)
+    accuracy: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not self.timings and not self.accuracy
+
+
+def speed_rows(timings: list[Timing]) -> list[dict[str, Any]]:
+    """One row per timing with its speedup over the matching baseline (None when the baseline
+    was not run in this session: a ratio across sessions would not be honest)."""
+    baselines = {
+        (t.case.model, t.case.combo, t.case.batch_size, t.group): t.median_s for t in timings
+    }
+    rows = []
+    for t in timings:
+        base = baselines.get((t.case.model, t.case.combo.baseline(), t.case.batch_size, t.group))
+        ran = t.ran.get("providers") or [t.ran.get("device", t.case.combo.device)]
+        rows.append(
+            {
+                **t.case.as_dict(),
+                "case": t.case.id,
+                "group": t.group,
+                "median_s": t.median_s,
+                "ms_per_image": round(t.ms_per_image, 3),
+                "images_per_s": round(t.images_per_s, 1),
+                "speedup": None if base is None else round(base / t.median_s, 2),
+                "baseline": t.case.combo.baseline().id,
+                "iqr_ms": round(1000.0 * t.iqr_s, 3),
+                "rounds": t.rounds,
+                "providers": ",".join(ran[:1]),
+                "node_placement": t.ran.get("node_placement", {}),
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: tuple[tuple[str, str], ...]) -> str:
+    """A GitHub-flavoured Markdown table; also how the terminal shows it."""
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3g}"
+        return str(value)
+
+    header = "| " + " | ".join(title for _, title in columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(cell(row.get(key)) for key, _ in columns) + " |" for row in rows]
+    return "\n".join([header, rule, *body])
+
+
+def speed_markdown(rows: list[dict[str, Any]]) -> str:
+    """The blog-style table, fastest first within each group and batch size."""
+    parts = []
+    for group in (END_TO_END, MODEL_ONLY):
+        chosen = [r for r in rows if r["group"] == group]
+        if not chosen:
+            continue
+        chosen.sort(key=lambda r: (r["model"], r["batch_size"], r["median_s"]))
+        title = (
+            "End to end (decoded uint8 images in, host logits out)"
+            if group == END_TO_END
+            else "Model alone (inputs already where the runtime wants them)"
+        )
+        parts.append(f"### {title}\n\n{markdown_table(chosen, SPEED_COLUMNS)}")
+    return "\n\n".join(parts)
+
+
+def bar_chart(rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """Images/s per end-to-end case, one panel per batch size (matplotlib, headless)."""
+    chosen = [r for r in rows if r["group"] == END_TO_END]
+    if not chosen:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["batch_size"] for r in chosen})
+    fig, axes = plt.subplots(
+        1, len(sizes), figsize=(7 * len(sizes), 0.35 * len(chosen) + 2), squeeze=False
+    )
+    for ax, n in zip(axes[0], sizes, strict=True):
+        panel = sorted((r for r in chosen if r["batch_size"] == n), key=lambda r: r["images_per_s"])
+        labels = [f"{r['backend']} {r['preprocess']} {r['precision']}" for r in panel]
+        colors = ["tab:gray" if r["speedup"] in (None, 1.0) else "tab:blue" for r in panel]
+        ax.barh(labels, [r["images_per_s"] for r in panel], color=colors)
+        for y, r in enumerate(panel):
+            note = f" {r['speedup']}x" if r["speedup"] is not None else ""
+            ax.text(r["images_per_s"], y, note, va="center", fontsize=8)
+        ax.set_title(f"{panel[0]['model']} batch {n}: images/s, end to end")
+        ax.set_xlabel("images/s (higher is better)")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    """What a compared run needs to know: CPU, GPU, driver and every runtime's version."""
+    from supercharge.gpu import gpu_info
+
+    ort = next(
+        (v for d in ("onnxruntime-gpu", "onnxruntime") if (v := _version(d)) is not None), None
+    )
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch": _version("torch"),
+        "timm": _version("timm"),
+        "onnx": _version("onnx"),
+        "onnxruntime": ort,
+        "tensorrt": _version("tensorrt") or _version("tensorrt-cu13"),
+        "pillow": _version("pillow"),
+        "numpy": _version("numpy"),
+    }
+    info.update(gpu_info())
+    return info
+
+
+def write_report(results: SuiteResults, folder: Path) -> tuple[list[Path], str]:
+    """Write speed.{md,json,png} and accuracy.{md,json} into `folder`; return the paths and the
+    text for the terminal. Files are replaced whole (temp file + rename), never half-written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    written: list[Path] = []
+    text_parts: list[str] = []
+    info = machine_info()
+    where = f"{info['cpu_model']} ({info['cpu_count']} cores)" + (
+        f", {info['gpu_name']}" if info.get("gpu_name") else ""
+    )
+    if results.timings:
+        rows = speed_rows(results.timings)
+        table = speed_markdown(rows)
+        text_parts.append(f"## Speed ({where})\n\n{table}")
+        doc = (
+            f"# Speed report\n\n{stamp}, {where}\n\nSpeedup: the case's median against PyTorch "
+            "eager fp32 with timm's preprocessing on the same device, model, batch size and "
+            f"timing group, measured in the same run.\n\n{table}\n"
+        )
+        written.append(_atomic_write(folder / "speed.md", doc))
+        payload = {"created": stamp, "machine_info": info, "rows": rows}
+        written.append(_atomic_write(folder / "speed.json", json.dumps(payload, indent=2)))
+        chart = bar_chart(rows, folder / "speed.png")
+        if chart is not None:
+            written.append(chart)
+    if results.accuracy:
+        from supercharge.agreement import accuracy_markdown
+
+        table = accuracy_markdown(results.accuracy)
+        text_parts.append(f"## Accuracy against PyTorch fp32 + timm preprocessing\n\n{table}")
+        doc = f"# Accuracy report\n\n{stamp}, {where}\n\n{table}\n"
+        written.append(_atomic_write(folder / "accuracy.md", doc))
+        payload = {"created": stamp, "machine_info": info, "rows": results.accuracy}
+        written.append(
+            _atomic_write(folder / "accuracy.json", json.dumps(payload, indent=2, default=str))
+        )
+    return written, "\n\n".join(text_parts)
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

@@ -1,0 +1,73 @@
+"""The grid's enumeration and option parsing (supercharge.cases)."""
+
+from __future__ import annotations
+
+import pytest
+
+from supercharge import cases
+from supercharge.errors import SuperchargeError
+
+
+def test_case_ids_read_like_the_issue_says():
+    combo = cases.Combo("ort-cpu", "baked", "fp32")
+    case = cases.Case("tf_efficientnet_lite0", combo, 1)
+    assert case.id == "tf_efficientnet_lite0-ort-cpu-baked-fp32-bs1"
+    assert case.as_dict()["batch_size"] == 1 and combo.graph == "baked"
+
+
+def test_every_combo_is_measured_against_eager_fp32_timm_on_its_own_device():
+    for combo in cases.combos():
+        base = combo.baseline()
+        assert (base.preprocess, base.precision) == ("timm", "fp32")
+        assert base.device == combo.device and base.backend.startswith("torch-")
+
+
+def test_the_grid_excludes_impossible_combinations():
+    found = {(c.backend, c.preprocess, c.precision) for c in cases.combos()}
+    assert ("torch-cpu", "baked", "fp32") not in found  # torch does not run ONNX graphs
+    assert ("ort-cpu", "cupy", "fp32") not in found  # device arrays into a host runtime
+    assert ("torch-cpu", "timm", "fp16") not in found  # not in torch-cpu's precisions
+    assert ("ort-cpu", "baked", "fp32") in found and ("ort-trt", "cupy", "fp16") in found
+    assert cases.invalid_reason("torch-cpu", "seed", "fp32").startswith("seed preprocessing")
+
+
+def test_filters_narrow_the_grid_and_batch_size_varies_fastest():
+    combos = cases.combos(backends=["ort-cpu"], preprocess=["baked", "numpy"], precisions=["fp32"])
+    assert [c.id for c in combos] == ["ort-cpu-numpy-fp32", "ort-cpu-baked-fp32"]
+    grid = cases.grid("m", combos, (1, 8))
+    assert [c.id for c in grid] == [
+        "m-ort-cpu-numpy-fp32-bs1",
+        "m-ort-cpu-numpy-fp32-bs8",
+        "m-ort-cpu-baked-fp32-bs1",
+        "m-ort-cpu-baked-fp32-bs8",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"backends": ["ort-gpu"]}, "unknown backend 'ort-gpu': choose from torch-cpu"),
+        ({"preprocess": ["opencv"]}, "unknown preprocessing 'opencv'"),
+        ({"precisions": ["fp8"]}, "unknown precision 'fp8'"),
+    ],
+)
+def test_unknown_filter_values_are_one_line_errors(kwargs, message):
+    with pytest.raises(SuperchargeError, match=message) as err:
+        cases.combos(**kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_option_parsing():
+    assert cases.parse_list(None) is None and cases.parse_list("all") is None
+    assert cases.parse_list("ort-cpu, torch-cpu") == ["ort-cpu", "torch-cpu"]
+    assert cases.parse_batch_sizes("8,1,8") == (8, 1)
+    assert cases.parse_batch_sizes(None) == cases.DEFAULT_BATCH_SIZES
+    for bad in ("0", "one", "1,-2"):
+        with pytest.raises(SuperchargeError, match=f"--batch-sizes '{bad}'"):
+            cases.parse_batch_sizes(bad)
+
+
+def test_bad_grid_options_stop_the_run_with_a_usage_error(pytester_run):
+    result = pytester_run("--backends", "ort-gpu", "--collect-only", "perf")
+    assert result.returncode == 4
+    assert "unknown backend 'ort-gpu'" in result.stderr

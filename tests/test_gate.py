@@ -1,0 +1,123 @@
+"""The merge gate: in-run speedups, absolute medians with a significance check, and its errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from supercharge import gate
+from supercharge.errors import SuperchargeError
+
+MODEL = "tf_efficientnet_lite0"
+
+
+def bench(backend, preprocess, precision, median, data=None, bs=1, timed="end-to-end"):
+    case = f"{MODEL}-{backend}-{preprocess}-{precision}-bs{bs}"
+    stats = {"median": median}
+    if data is not None:
+        stats["data"] = list(data)
+    return {
+        "name": f"test_end_to_end[{case}]",
+        "fullname": f"perf/test_grid.py::test_end_to_end[{case}]",
+        "stats": stats,
+        "extra_info": {
+            "case": case,
+            "model": MODEL,
+            "backend": backend,
+            "preprocess": preprocess,
+            "precision": precision,
+            "batch_size": bs,
+            "timed": timed,
+            "device": "cpu",
+        },
+    }
+
+
+def run(torch_s, ort_s, cpu="x86", **kw):
+    return {
+        "machine_info": {"cpu_model": cpu},
+        "benchmarks": [
+            bench("torch-cpu", "timm", "fp32", torch_s, kw.get("torch_data")),
+            bench("ort-cpu", "baked", "fp32", ort_s, kw.get("ort_data")),
+        ],
+    }
+
+
+def by_key(verdicts):
+    return {v.key.split(" ")[0]: v for v in verdicts}
+
+
+def test_a_machine_wide_slowdown_is_not_a_regression_of_the_speedup():
+    # everything 30% slower (a busier runner): the ratio is unchanged
+    verdicts = by_key(gate.compare(run(0.040, 0.010), run(0.052, 0.013)))
+    assert verdicts[f"{MODEL}-ort-cpu-baked-fp32-bs1"].status == "ok"
+    assert verdicts[f"{MODEL}-ort-cpu-baked-fp32-bs1"].baseline == pytest.approx(4.0)
+
+
+def test_a_slower_backend_fails_the_speedup_gate():
+    verdicts = by_key(gate.compare(run(0.040, 0.010), run(0.040, 0.0125)))
+    v = verdicts[f"{MODEL}-ort-cpu-baked-fp32-bs1"]
+    assert v.status == "regressed" and v.change == pytest.approx(0.25)
+    assert "regressed" in v.line() and "+25.0%" in v.line()
+
+
+def test_median_mode_needs_a_significant_slowdown_when_rounds_were_saved():
+    noisy = np.linspace(0.005, 0.015, 30)  # median 10 ms, rounds spread +-5 ms
+    shifted = noisy + 0.0012  # median +12%: over the 10% threshold, but within the noise
+    slower = np.linspace(0.019, 0.021, 30)  # twice as slow, every round
+    base = run(0.040, float(np.median(noisy)), ort_data=noisy)
+    key = f"{MODEL}-ort-cpu-baked-fp32-bs1"
+    slow = by_key(gate.compare(base, run(0.04, 0.02, ort_data=slower), stat="median"))[key]
+    assert slow.status == "regressed" and slow.change == pytest.approx(1.0)
+    noise = run(0.04, float(np.median(shifted)), ort_data=shifted)
+    verdict = by_key(gate.compare(base, noise, stat="median"))[key]
+    assert verdict.change == pytest.approx(0.12)
+    assert verdict.status == "ok" and "not significant" in verdict.note
+    # without saved rounds there is nothing to test significance on: the threshold decides
+    bare = by_key(gate.compare(run(0.04, 0.010), run(0.04, 0.0112), stat="median"))[key]
+    assert bare.status == "regressed"
+
+
+def test_missing_and_new_cases_are_named():
+    current = run(0.040, 0.010)
+    current["benchmarks"] = [*current["benchmarks"][:1], bench("ort-cpu", "numpy", "fp32", 0.02)]
+    verdicts = by_key(gate.compare(run(0.040, 0.010), current))
+    assert verdicts[f"{MODEL}-ort-cpu-baked-fp32-bs1"].status == "missing"
+    assert verdicts[f"{MODEL}-ort-cpu-numpy-fp32-bs1"].status == "new"
+
+
+def test_machine_differences_are_reported():
+    assert gate.machine_differences(run(1, 1, cpu="a"), run(1, 1, cpu="b")) == ["cpu_model: a -> b"]
+
+
+def test_load_run_reads_a_file_or_the_newest_in_a_folder(tmp_path):
+    folder = tmp_path / ".benchmarks" / "Linux-CPython-3.12-64bit"
+    folder.mkdir(parents=True)
+    (folder / "0001_old.json").write_text(json.dumps(run(0.04, 0.01)))
+    newest = folder / "0002_new.json"
+    newest.write_text(json.dumps(run(0.04, 0.02)))
+    assert gate.load_run(tmp_path / ".benchmarks")["_path"] == str(newest)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no such file"),
+        ("{not json", "is not readable JSON"),
+        ('{"rows": []}', "is not a pytest-benchmark run"),
+    ],
+)
+def test_bad_run_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "run.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SuperchargeError, match=message) as err:
+        gate.load_run(path)
+    assert "\n" not in str(err.value) and "run.json" in str(err.value)
+
+
+def test_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(SuperchargeError, match="holds no pytest-benchmark JSON"):
+        gate.load_run(tmp_path)

@@ -1,0 +1,74 @@
+"""The report: speedups against the same run's baseline, tables, JSON, chart, machine info."""
+
+from __future__ import annotations
+
+import json
+
+from supercharge.cases import Case, Combo
+from supercharge.report import (
+    END_TO_END,
+    MODEL_ONLY,
+    SuiteResults,
+    Timing,
+    machine_info,
+    speed_rows,
+    write_report,
+)
+from supercharge.timing import plan_rounds
+
+MODEL = "tf_efficientnet_lite0"
+
+
+def timing(backend, preprocess, precision, n, median, group=END_TO_END):
+    case = Case(MODEL, Combo(backend, preprocess, precision), n)
+    ran = {"providers": ["CPUExecutionProvider"]} if backend.startswith("ort") else {}
+    return Timing(case, group, median, median / 10, 20, ran)
+
+
+def sample() -> SuiteResults:
+    return SuiteResults(
+        timings=[
+            timing("torch-cpu", "timm", "fp32", 1, 0.040),
+            timing("ort-cpu", "baked", "fp32", 1, 0.010),
+            timing("ort-cpu", "baked", "fp32", 8, 0.050),  # no bs8 baseline in this run
+            timing("torch-cpu", "timm", "fp32", 1, 0.030, MODEL_ONLY),
+            timing("ort-cpu", "baked", "fp32", 1, 0.015, MODEL_ONLY),
+        ]
+    )
+
+
+def test_speedup_is_against_the_same_runs_baseline_per_batch_size_and_group():
+    rows = {(r["case"], r["group"]): r for r in speed_rows(sample().timings)}
+    assert rows[(f"{MODEL}-torch-cpu-timm-fp32-bs1", END_TO_END)]["speedup"] == 1.0
+    assert rows[(f"{MODEL}-ort-cpu-baked-fp32-bs1", END_TO_END)]["speedup"] == 4.0
+    assert rows[(f"{MODEL}-ort-cpu-baked-fp32-bs1", MODEL_ONLY)]["speedup"] == 2.0
+    # a ratio against another session's baseline would not be honest: none is given
+    assert rows[(f"{MODEL}-ort-cpu-baked-fp32-bs8", END_TO_END)]["speedup"] is None
+    bs8 = rows[(f"{MODEL}-ort-cpu-baked-fp32-bs8", END_TO_END)]
+    assert bs8["ms_per_image"] == 6.25 and bs8["images_per_s"] == 160.0
+
+
+def test_write_report_writes_tables_json_and_chart(tmp_path):
+    written, text = write_report(sample(), tmp_path / "report")
+    names = sorted(p.name for p in written)
+    assert names == ["speed.json", "speed.md", "speed.png"]
+    assert "| ort-cpu" not in text  # rows are named by case id
+    assert f"{MODEL}-ort-cpu-baked-fp32-bs1" in text and "4.0" in text
+    payload = json.loads((tmp_path / "report" / "speed.json").read_text())
+    assert {r["case"] for r in payload["rows"]} >= {f"{MODEL}-torch-cpu-timm-fp32-bs1"}
+    assert payload["machine_info"]["cpu_count"] >= 1
+    assert (tmp_path / "report" / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "report").glob(".*tmp"))  # no half-written files left
+
+
+def test_machine_info_names_the_cpu_and_runtime_versions():
+    info = machine_info()
+    assert info["cpu_model"] and info["torch"] and info["onnxruntime"] and info["timm"]
+    assert "onnx" in info and "tensorrt" in info
+
+
+def test_round_plan_fills_the_budget_within_bounds():
+    assert plan_rounds(0.01, 1.0) == 100
+    assert plan_rounds(1.0, 1.0) == 10  # slow cases still get a comparable median
+    assert plan_rounds(1e-7, 1.0) == 1000
+    assert plan_rounds(0.5, 1.0, min_rounds=30) == 30
