@@ -121,3 +121,18 @@ def test_bad_run_files_are_one_line_errors(tmp_path, content, message):
 def test_empty_folder_is_an_error(tmp_path):
     with pytest.raises(SuperchargeError, match="holds no pytest-benchmark JSON"):
         gate.load_run(tmp_path)
+
+
+def test_gate_cli_exit_codes(tmp_path, run_cli):
+    base, same, slow = tmp_path / "b.json", tmp_path / "s.json", tmp_path / "r.json"
+    base.write_text(json.dumps(run(0.040, 0.010)))
+    same.write_text(json.dumps(run(0.044, 0.011)))
+    slow.write_text(json.dumps(run(0.040, 0.020)))
+    code, out, _ = run_cli("gate", base, same)
+    assert code == 0 and "0 failing of 2 compared" in out
+    code, out, _ = run_cli("gate", base, slow)
+    assert code == 1 and f"regressed   {MODEL}-ort-cpu-baked-fp32-bs1" in out
+    code, out, _ = run_cli("gate", base, slow, "--max-slowdown", "150")
+    assert code == 0
+    code, _, err = run_cli("gate", base, tmp_path / "nope.json")
+    assert code == 2 and err.count("\n") == 1 and "nope.json: no such file" in err

@@ -1,4 +1,4 @@
-"""`supercharge predict | export`: the steps people do by hand, with one-line errors (exit 2)."""
+"""`supercharge predict | export | gate`: the steps people do by hand; bad input exits 2."""
 
 from __future__ import annotations
 
@@ -51,6 +51,34 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
 
     sub.add_parser("export", parents=[_common()], help="build or reuse the ONNX artifacts")
+
+    ga = sub.add_parser(
+        "gate",
+        help="compare two saved benchmark runs; exit 1 on a regression",
+        description="Compare CURRENT with BASELINE (pytest-benchmark JSON files, or folders such "
+        "as .benchmarks, whose newest JSON is used) case by case. Exit 0: no regression; "
+        "1: a case regressed or is missing; 2: bad input.",
+    )
+    ga.add_argument("baseline", type=Path, metavar="BASELINE")
+    ga.add_argument("current", type=Path, metavar="CURRENT")
+    ga.add_argument(
+        "--max-slowdown",
+        type=float,
+        default=10.0,
+        metavar="PERCENT",
+        help="largest tolerated slowdown per case, in percent (default %(default)s)",
+    )
+    ga.add_argument(
+        "--stat",
+        choices=("speedup", "median"),
+        default="speedup",
+        help="speedup: each case's ratio over its own run's PyTorch fp32 baseline (robust to "
+        "runner drift, default); median: absolute medians, with a Mann-Whitney check when "
+        "rounds were saved (--benchmark-save-data)",
+    )
+    ga.add_argument(
+        "--allow-missing", action="store_true", help="do not fail on cases CURRENT did not run"
+    )
     return parser
 
 
@@ -90,7 +118,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"predict": cmd_predict, "export": cmd_export}
+def cmd_gate(args: argparse.Namespace) -> int:
+    from supercharge import gate
+
+    baseline, current = gate.load_run(args.baseline), gate.load_run(args.current)
+    verdicts = gate.compare(baseline, current, args.max_slowdown / 100.0, args.stat)
+    print(f"baseline {baseline['_path']}\ncurrent  {current['_path']}")
+    for line in gate.machine_differences(baseline, current):
+        print(f"machine differs: {line}")
+    for verdict in verdicts:
+        print(verdict.line())
+    failing = {"regressed"} | (set() if args.allow_missing else {"missing"})
+    bad = [v for v in verdicts if v.status in failing]
+    compared = sum(v.status in ("ok", "regressed") for v in verdicts)
+    print(f"{len(bad)} failing of {compared} compared (max slowdown {args.max_slowdown:g}%)")
+    if compared == 0 and not bad:
+        raise SuperchargeError(
+            f"{args.baseline} and {args.current} share no comparable case: "
+            "compare runs of the same grid"
+        )
+    return 1 if bad else 0
+
+
+COMMANDS = {"predict": cmd_predict, "export": cmd_export, "gate": cmd_gate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
