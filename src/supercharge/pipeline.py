@@ -33,7 +33,24 @@ class Pipeline:
     feed: Callable[[Sequence[Image.Image]], list[Any]]  # images -> runner input batches
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Decoded images -> float32 host logits [len(images), classes], end to end."""
         return np.concatenate([self.runner.run(batch) for batch in self.feed(images)])
+
+    def placed_batches(self, images: Sequence[Image.Image]) -> list[Any]:
+        """Preprocess and place once, outside any timing: what runner.run_placed() takes.
+
+        A benchmark's "model alone" group times `runner.run_placed(p)` over these; the end-to-end
+        group times `pipeline(images)`.
+        """
+        return [self.runner.place(batch) for batch in self.feed(images)]
+
+    def run_placed(self, placed: Sequence[Any]) -> np.ndarray:
+        """Host logits for placed_batches() output (the model plus the copy back)."""
+        return np.concatenate([self.runner.to_host(self.runner.run_placed(p)) for p in placed])
+
+    def describe(self) -> dict[str, Any]:
+        """runner.describe() plus the preprocessing (JSON-able)."""
+        return {**self.runner.describe(), "preprocess": self.preprocess}
 
 
 def _host(array: Any) -> np.ndarray:
@@ -41,8 +58,14 @@ def _host(array: Any) -> np.ndarray:
     return array.get() if hasattr(array, "get") else array
 
 
-def make_feed(preprocess: str, data_config: dict) -> Callable[[Sequence[Image.Image]], list[Any]]:
-    """The host-side half of a pipeline for `preprocess`."""
+def make_feed(
+    preprocess: str, data_config: dict, device: str = "cpu"
+) -> Callable[[Sequence[Image.Image]], list[Any]]:
+    """The preprocessing half of a pipeline for `preprocess`, feeding a runner on `device`.
+
+    "cupy" keeps its batch on the GPU for a "cuda" runner (which takes it through DLPack) and
+    copies it to the host only for a "cpu" one.
+    """
     from supercharge.preprocess.spec import PreprocessSpec
 
     if preprocess == "timm":
@@ -55,6 +78,8 @@ def make_feed(preprocess: str, data_config: dict) -> Callable[[Sequence[Image.Im
 
         xp = np if preprocess == "numpy" else _cupy()
         array_pre = ArrayPreprocess(PreprocessSpec.from_data_config(data_config), xp)
+        if preprocess == "cupy" and device != "cpu":
+            return lambda images: [array_pre([np.asarray(im) for im in images])]
         return lambda images: [_host(array_pre([np.asarray(im) for im in images]))]
     if preprocess == "baked":
         return lambda images: [np.asarray(im)[None] for im in images]
@@ -78,8 +103,30 @@ def _cupy() -> Any:
 
 
 def build_pipeline(
-    bundle: ModelBundle, cache: ArtifactCache, backend: str, preprocess: str
+    bundle: ModelBundle,
+    cache: ArtifactCache,
+    backend: str,
+    preprocess: str,
+    precision: str = "fp32",
+    batch_sizes: Sequence[int] = (1,),
+    **options: Any,
 ) -> Pipeline:
-    feed = make_feed(preprocess, bundle.data_config)
+    """`preprocess` feeding a prepared `backend` runner at `precision`.
+
+    batch_sizes are the batch sizes the runner warms up for (TensorRT builds its profile for
+    them); options are the backend's keywords (supercharge.runners.BACKENDS[backend].options).
+    A baked preprocessing ("baked", "seed") selects the merged ONNX graph and feeds it images.
+    """
+    from supercharge.runners.base import backend_spec
+
+    spec = backend_spec(backend)
+    if preprocess not in PREPROCESS:
+        raise SuperchargeError(
+            f"unknown preprocessing {preprocess!r}: choose one of {', '.join(PREPROCESS)}"
+        )
+    feed = make_feed(preprocess, bundle.data_config, spec.device)
     graph = preprocess if preprocess in BAKED else "model"
-    return Pipeline(preprocess, create_runner(backend, bundle, cache, graph), feed)
+    runner = create_runner(
+        backend, bundle, cache, graph, precision, batch_sizes=tuple(batch_sizes), **options
+    )
+    return Pipeline(preprocess, runner, feed)

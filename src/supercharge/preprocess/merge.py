@@ -23,7 +23,8 @@ from supercharge.preprocess.spec import PreprocessSpec
 VARIANTS = ("baked", "seed", "separable")
 KIND = "onnx-merged"
 DATA_FILE = MODEL_FILE + ".data"
-GRAPH_REVISION = 1  # bump when onnx_graph.py changes what it builds, so caches rebuild
+GRAPH_REVISION = 2  # bump when onnx_graph.py changes what it builds, so caches rebuild
+# 2: Pillow's two 1-D resize passes, ordered by an If node (branches read outer constants)
 _PREFIX = "pre_"
 _PROTOBUF_LIMIT = 2**31 - 1
 _SMALL_ENOUGH = _PROTOBUF_LIMIT - 64 * 2**20  # headroom for the graph around the weights
@@ -96,29 +97,70 @@ def _check_input_size(model: onnx.ModelProto, input_name: str, spec: PreprocessS
     raise SuperchargeError(f"the ONNX model has no input {input_name!r}: re-export the model")
 
 
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    graphs: list[onnx.GraphProto] = []
+    for attribute in node.attribute:
+        if attribute.HasField("g"):
+            graphs.append(attribute.g)
+        graphs.extend(attribute.graphs)
+    return graphs
+
+
+def prefix_names(graph: onnx.GraphProto, prefix: str, keep: set[str]) -> None:
+    """Prefix every value and node name in `graph` and its subgraphs (If branches), in place,
+    except the names in `keep`.
+
+    onnx.compose.add_prefix (onnx 1.23) renames a branch before it has seen the outer graph's
+    initializers, so a branch reading an outer constant is left pointing at the old name; here
+    every name is collected first, then renamed everywhere.
+    """
+    names: set[str] = set()
+
+    def collect(g: onnx.GraphProto) -> None:
+        for values in (g.input, g.output, g.initializer, g.value_info):
+            names.update(v.name for v in values)
+        for node in g.node:
+            names.update(node.output)
+            for sub in _subgraphs(node):
+                collect(sub)
+
+    def rename(g: onnx.GraphProto) -> None:
+        for values in (g.input, g.output, g.initializer, g.value_info):
+            for v in values:
+                if v.name in names:
+                    v.name = prefix + v.name
+        for node in g.node:
+            if node.name:
+                node.name = prefix + node.name
+            node.input[:] = [prefix + n if n in names else n for n in node.input]
+            node.output[:] = [prefix + n if n in names else n for n in node.output]
+            for sub in _subgraphs(node):
+                rename(sub)
+
+    collect(graph)
+    names -= keep
+    names.discard("")
+    rename(graph)
+
+
 def merge(pre: onnx.ModelProto, model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
     """pre's pixel_values feed the model's `input_name`; input 'image' and the model's outputs.
 
-    Only the preprocessing side is prefixed (the model keeps its names, so 'logits' stays);
-    the prefixed 'pre_image' is renamed back to 'image'.
+    Only the preprocessing side is prefixed (the model keeps its names, so 'logits' stays), and
+    its input 'image' keeps its name.
     """
+    pre = onnx.ModelProto.FromString(pre.SerializeToString())  # prefix a copy
+    prefix_names(pre.graph, _PREFIX, keep={onnx_graph.INPUT_NAME})
     merged = onnx.compose.merge_models(
         pre,
         model,
-        io_map=[(onnx_graph.OUTPUT_NAME, input_name)],
-        prefix1=_PREFIX,
+        io_map=[(_PREFIX + onnx_graph.OUTPUT_NAME, input_name)],
         doc_string=f"{pre.doc_string}, then {model.graph.name or 'the model'}",
     )
     # merge_models (onnx 1.23) checks the two opset lists agree but keeps both: dedupe them
     opsets = {entry.domain: entry.version for entry in merged.opset_import}
     del merged.opset_import[:]
     merged.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
-    old, new = _PREFIX + onnx_graph.INPUT_NAME, onnx_graph.INPUT_NAME
-    for value in merged.graph.input:
-        if value.name == old:
-            value.name = new
-    for node in merged.graph.node:  # the preprocessing nodes are flat: no subgraphs to visit
-        node.input[:] = [new if name == old else name for name in node.input]
     return merged
 
 
@@ -147,15 +189,19 @@ def merged_model(
     variant: str = "baked",
     *,
     image_size: tuple[int, int] | None = None,
+    onnx_artifact: Artifact | None = None,
 ) -> Artifact:
     """The model with `variant` preprocessing in front, as one cached, checked ONNX file.
 
     variant: "baked" (Pillow-matched Resize, any image size), "seed" (the blog post's, to show
     its cost) or "separable" (two MatMuls, TensorRT-friendly; needs image_size=(h, w)).
+    onnx_artifact: the model graph to put it in front of, the fp32 export by default; another
+    ONNX artifact of the same model (e.g. runners.quantize's int8 one) is keyed apart by its key.
     The artifact's "model.onnx" takes input "image" and returns the model's "logits".
     """
     size = _check_args(variant, image_size)
-    onnx_artifact = export_onnx(model, cache)
+    if onnx_artifact is None:
+        onnx_artifact = export_onnx(model, cache)
     spec = _spec_for(model, onnx_artifact)
     inputs: dict[str, Any] = {
         "model_onnx": onnx_artifact.manifest["key"],
@@ -185,6 +231,8 @@ def merged_model(
             "data_config": spec.as_data_config(),
         }
 
+    source_kind = onnx_artifact.manifest.get("kind", "onnx-model")
+    flavour = "" if source_kind == "onnx-model" else f"-{source_kind.removeprefix('onnx-')}"
     return cache.get_or_build(
-        ArtifactSpec(kind=KIND, name=f"{model.name}-{variant}", inputs=inputs), build
+        ArtifactSpec(kind=KIND, name=f"{model.name}{flavour}-{variant}", inputs=inputs), build
     )

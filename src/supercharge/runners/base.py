@@ -1,15 +1,21 @@
 """The runner interface and the backend registry.
 
-Like Polygraphy's runners: `prepare()` does the one-off work (session creation, weight transfer),
-`run()` maps a float32 NCHW host batch to host logits and is the only thing a benchmark times, and
-`describe()` reports what actually ran (device, providers) so nobody trusts a silent fallback.
-Backends are looked up by name; heavy runtimes are imported only when a runner is created.
+Like Polygraphy's runners: `prepare()` does the one-off work (session creation, engine builds,
+compilation, weight transfer), `run()` maps a host batch to host logits, and `describe()` reports
+what actually ran (device, providers, node placement) so nobody trusts a silent fallback.
+`run()` is split into `place()` (host batch -> where the runtime wants it), `run_placed()` (the
+model alone, device synchronised) and `to_host()`, so a benchmark can time the model without
+transfers and end to end with them.
+
+Backends are looked up by name in BACKENDS, a data table that also says which precisions and
+keyword options each one accepts; heavy runtimes are imported only when a runner is created.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,71 +28,247 @@ if TYPE_CHECKING:
     from supercharge.models import ModelBundle
 
 
+class BackendUnavailableError(SuperchargeError):
+    """The backend needs hardware or packages this machine does not have."""
+
+
 class Runner(ABC):
     backend: str
+    precision: str = "fp32"
+    device: str = "cpu"
 
     @abstractmethod
     def prepare(self) -> None:
-        """One-off setup; never inside a timed region. Idempotent."""
+        """One-off setup (sessions, engines, compilation, warm-up); never timed. Idempotent."""
+
+    def place(self, batch: Any) -> Any:
+        """Put a batch where the runtime reads it: a host array, or a device array exposing
+        DLPack (cupy) that GPU runners take without a host round trip. Host runtimes take the
+        array as is."""
+        return np.ascontiguousarray(batch)
 
     @abstractmethod
+    def run_placed(self, placed: Any) -> Any:
+        """The model alone on a placed batch; device work is finished when this returns."""
+
+    def to_host(self, out: Any) -> np.ndarray:
+        """The output of run_placed() as float32 host logits [N, classes]."""
+        return np.asarray(out, dtype=np.float32)
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The graph's input batch on the host (float32 NCHW for a plain model, uint8 NHWC
         for a baked one) -> float32 logits [N, classes] on the host."""
+        return self.to_host(self.run_placed(self.place(batch)))
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:
-        """What actually ran: backend, device, providers in use, ... (after prepare)."""
+        """What actually ran (JSON-able): backend, precision, device, providers, ..."""
 
 
-# (bundle, cache, graph) -> runner; graph names the ONNX graph to run: "model" is the plain
-# export, "baked" / "seed" the model merged with a preprocessing graph (preprocess/merge.py).
-RunnerFactory = Callable[["ModelBundle", "ArtifactCache", str], Runner]
+# (bundle, cache, graph, precision, **options) -> unprepared runner. `graph` names the ONNX graph
+# to run: "model" is the plain export, "baked" / "seed" the model merged with a preprocessing graph.
+RunnerFactory = Callable[..., Runner]
 
 
-def _torch_cpu(bundle: ModelBundle, cache: ArtifactCache, graph: str) -> Runner:
-    from supercharge.runners.torch_runner import TorchRunner
+@dataclass(frozen=True)
+class BackendSpec:
+    """One registry row: what a backend runs on and which precisions and options it takes."""
 
-    if graph != "model":
-        raise SuperchargeError(
-            f"preprocessing {graph!r} is baked into an ONNX graph: use an ONNX Runtime backend"
-        )
-    return TorchRunner(bundle, device="cpu")
+    name: str
+    device: str  # "cpu" or "cuda"
+    precisions: tuple[str, ...]
+    options: tuple[str, ...]  # keyword options create_runner passes on
+    factory: RunnerFactory
+    onnx: bool  # runs ONNX graphs (so baked preprocessing graphs too)
 
 
-def onnx_graph_path(bundle: ModelBundle, cache: ArtifactCache, graph: str) -> Path:
-    """The cached ONNX file for `graph`: the plain export or a merged preprocessing variant."""
+GRAPHS = ("model", "baked", "seed")
+
+
+def onnx_graph_path(
+    bundle: ModelBundle,
+    cache: ArtifactCache,
+    graph: str = "model",
+    precision: str = "fp32",
+    calibration: Any = None,
+) -> Path:
+    """The cached ONNX file for `graph` at `precision`.
+
+    graph: "model" (the plain export) or "baked" / "seed" (a preprocessing graph merged in front).
+    precision "int8" swaps the fp32 export for its static QDQ quantisation (runners.quantize),
+    also under a baked graph; every other precision runs the fp32 export (TensorRT lowers it).
+    """
     from supercharge.export import MODEL_FILE, export_onnx
 
+    if graph not in GRAPHS:
+        raise SuperchargeError(f"unknown graph {graph!r}: choose one of {', '.join(GRAPHS)}")
+    if precision == "int8":
+        from supercharge.runners.quantize import quantized_model
+
+        source = quantized_model(bundle, cache, calibration=calibration)
+    else:
+        source = export_onnx(bundle, cache)
     if graph == "model":
-        return export_onnx(bundle, cache).file(MODEL_FILE)
+        return source.file(MODEL_FILE)
     from supercharge.preprocess.merge import merged_model
 
-    return merged_model(bundle, cache, graph).file(MODEL_FILE)
+    return merged_model(bundle, cache, graph, onnx_artifact=source).file(MODEL_FILE)
 
 
-def _ort_cpu(bundle: ModelBundle, cache: ArtifactCache, graph: str) -> Runner:
+def default_input_shape(bundle: ModelBundle, graph: str) -> tuple[int, ...] | None:
+    """Non-batch input dims for warm-up and TensorRT profiles when the graph leaves them open.
+
+    The plain export fixes C, H, W; a baked graph takes any image size, so warm-ups use an image
+    of the model's own input size (uint8 NHWC for "baked", float NCHW for "seed").
+    """
+    channels, height, width = bundle.input_size
+    if graph == "baked":
+        return (height, width, channels)
+    if graph == "seed":
+        return (channels, height, width)
+    return None
+
+
+def _cuda_required(backend: str) -> None:
+    from supercharge.gpu import backend_unavailable_reason
+
+    reason = backend_unavailable_reason(backend)
+    if reason is not None:
+        raise BackendUnavailableError(f"backend {backend!r} cannot run here: {reason}")
+
+
+def _torch(device: str) -> RunnerFactory:
+    def factory(
+        bundle: ModelBundle, cache: ArtifactCache, graph: str, precision: str, **options: Any
+    ) -> Runner:
+        from supercharge.runners.torch_runner import TorchRunner
+
+        if device == "cuda":
+            _cuda_required("torch-cuda")
+        return TorchRunner(bundle, device=device, precision=precision, **options)
+
+    return factory
+
+
+def _ort_cpu(
+    bundle: ModelBundle, cache: ArtifactCache, graph: str, precision: str, **options: Any
+) -> Runner:
     from supercharge.runners.ort_runner import OrtRunner
 
-    return OrtRunner(onnx_graph_path(bundle, cache, graph), provider="CPUExecutionProvider")
+    calibration = options.pop("calibration", None)
+    path = onnx_graph_path(bundle, cache, graph, precision, calibration)
+    options.setdefault("input_shape", default_input_shape(bundle, graph))
+    return OrtRunner(path, backend="ort-cpu", precision=precision, **options)
 
 
-BACKENDS: dict[str, RunnerFactory] = {
-    "torch-cpu": _torch_cpu,
-    "ort-cpu": _ort_cpu,
+def _ort_cuda(
+    bundle: ModelBundle, cache: ArtifactCache, graph: str, precision: str, **options: Any
+) -> Runner:
+    from supercharge.runners.ort_cuda import OrtCudaRunner
+
+    _cuda_required("ort-cuda")
+    options.setdefault("input_shape", default_input_shape(bundle, graph))
+    path = onnx_graph_path(bundle, cache, graph, precision)
+    return OrtCudaRunner(path, precision=precision, **options)
+
+
+def _ort_trt(
+    bundle: ModelBundle, cache: ArtifactCache, graph: str, precision: str, **options: Any
+) -> Runner:
+    from supercharge.runners.ort_trt import OrtTrtRunner
+
+    _cuda_required("ort-trt")
+    options.setdefault("input_shape", default_input_shape(bundle, graph))
+    path = onnx_graph_path(bundle, cache, graph, "fp32")  # TensorRT builds fp16 itself
+    return OrtTrtRunner(path, cache=cache, precision=precision, **options)
+
+
+_TORCH_OPTIONS = ("channels_last", "compile", "batch_sizes")
+_ORT_OPTIONS = ("io_binding", "batch_sizes", "threads", "input_shape")
+_GPU_ORT_OPTIONS = (*_ORT_OPTIONS, "device_id")
+
+BACKENDS: dict[str, BackendSpec] = {
+    spec.name: spec
+    for spec in (
+        BackendSpec("torch-cpu", "cpu", ("fp32", "bf16"), _TORCH_OPTIONS, _torch("cpu"), False),
+        BackendSpec(
+            "torch-cuda", "cuda", ("fp32", "fp16", "bf16"), _TORCH_OPTIONS, _torch("cuda"), False
+        ),
+        BackendSpec(
+            "ort-cpu", "cpu", ("fp32", "int8"), (*_ORT_OPTIONS, "calibration"), _ort_cpu, True
+        ),
+        BackendSpec(
+            "ort-cuda", "cuda", ("fp32",), (*_GPU_ORT_OPTIONS, "cuda_graph"), _ort_cuda, True
+        ),
+        BackendSpec(
+            "ort-trt",
+            "cuda",
+            ("fp16", "fp32"),
+            (*_GPU_ORT_OPTIONS, "builder_optimization_level", "opt_batch"),
+            _ort_trt,
+            True,
+        ),
+    )
 }
 
 
-def create_runner(
-    backend: str, bundle: ModelBundle, cache: ArtifactCache, graph: str = "model"
-) -> Runner:
-    """Build and prepare the runner registered as `backend`, running `graph`."""
+def backend_spec(backend: str) -> BackendSpec:
+    """The registry row for `backend`, or a one-line error listing the known backends."""
     try:
-        factory = BACKENDS[backend]
+        return BACKENDS[backend]
     except KeyError:
         raise SuperchargeError(
             f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}"
         ) from None
-    runner = factory(bundle, cache, graph)
+
+
+def supported(backend: str) -> tuple[str, ...]:
+    """The precisions `backend` runs, its default first."""
+    return backend_spec(backend).precisions
+
+
+def backend_grid() -> list[tuple[str, str]]:
+    """Every valid (backend, precision) pair, for a benchmark grid to enumerate."""
+    return [(name, p) for name, spec in BACKENDS.items() for p in spec.precisions]
+
+
+def check_combination(backend: str, precision: str, graph: str = "model") -> BackendSpec:
+    """Refuse a precision or graph the backend cannot run, before anything is built."""
+    spec = backend_spec(backend)
+    if graph not in GRAPHS:
+        raise SuperchargeError(f"unknown graph {graph!r}: choose one of {', '.join(GRAPHS)}")
+    if precision not in spec.precisions:
+        raise SuperchargeError(
+            f"backend {backend!r} does not run precision {precision!r}: "
+            f"choose one of {', '.join(spec.precisions)}"
+        )
+    if graph != "model" and not spec.onnx:
+        raise SuperchargeError(
+            f"preprocessing {graph!r} is baked into an ONNX graph: use an ONNX Runtime backend"
+        )
+    return spec
+
+
+def create_runner(
+    backend: str,
+    bundle: ModelBundle,
+    cache: ArtifactCache,
+    graph: str = "model",
+    precision: str = "fp32",
+    **options: Any,
+) -> Runner:
+    """Build and prepare the runner registered as `backend`, running `graph` at `precision`.
+
+    `options` are backend keywords (BACKENDS[backend].options), e.g. channels_last=True for
+    torch, io_binding=True for ORT, batch_sizes=(1, 8) for warm-ups and TensorRT profiles.
+    """
+    spec = check_combination(backend, precision, graph)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        raise SuperchargeError(
+            f"backend {backend!r} has no option {', '.join(unknown)}: "
+            f"its options are {', '.join(spec.options)}"
+        )
+    runner = spec.factory(bundle, cache, graph, precision, **options)
     runner.prepare()
     return runner

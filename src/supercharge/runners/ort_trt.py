@@ -1,0 +1,274 @@
+"""ONNX Runtime on the TensorRT execution provider, CUDA EP behind it for what TensorRT rejects.
+
+Engines are built in prepare() (one warm-up per batch size against one explicit optimisation
+profile covering all of them), never in run(): place() refuses a shape outside the profile,
+which would otherwise make the EP rebuild the engine inside a timed region. Engine and timing
+caches live in the artifact cache root, in a folder keyed by everything that makes an engine
+non-portable: the model file, GPU name and compute capability, TensorRT and ONNX Runtime
+versions, precision, profile shapes and builder level. Old engines are never reused by accident.
+
+fp16 sets `trt_fp16_enable` (TensorRT picks fp16 kernels where it wants, fp32 elsewhere). An
+fp32 engine may still use TF32, TensorRT's default (NVIDIA_TF32_OVERRIDE=0 in the environment
+forbids it); describe() says so.
+
+Option names follow ONNX Runtime's TensorRT EP documentation: trt_fp16_enable,
+trt_engine_cache_enable/_path, trt_timing_cache_enable/_path, trt_profile_{min,opt,max}_shapes
+("input:1x3x224x224", several inputs comma-separated), trt_builder_optimization_level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from supercharge.errors import SuperchargeError
+from supercharge.runners.ort_cuda import CUDA_PROVIDER, cuda_provider_options
+from supercharge.runners.ort_runner import OrtRunner, Providers
+
+if TYPE_CHECKING:
+    from supercharge.cache import ArtifactCache
+
+TRT_PROVIDER = "TensorrtExecutionProvider"
+CACHE_KIND = "ort-trt"  # folder under the artifact cache root
+PRECISIONS = ("fp16", "fp32")
+
+
+@dataclass(frozen=True)
+class TrtProfile:
+    """One TensorRT optimisation profile for one input: min/opt/max full shapes."""
+
+    input_name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    @classmethod
+    def for_batches(
+        cls,
+        input_name: str,
+        shape: Sequence[int],
+        batch_sizes: Sequence[int],
+        opt_batch: int | None = None,
+    ) -> TrtProfile:
+        """The profile covering `batch_sizes` of inputs `(N, *shape)`, optimised for `opt_batch`
+        (default: the largest batch, which the engine then runs best; smaller ones stay valid)."""
+        low, high = min(batch_sizes), max(batch_sizes)
+        opt = high if opt_batch is None else opt_batch
+        if not low <= opt <= high:
+            raise SuperchargeError(
+                f"opt_batch {opt} is outside the benchmarked batch sizes {low}..{high}: "
+                "pick one of batch_sizes"
+            )
+        rest = tuple(int(d) for d in shape)
+        return cls(input_name, (low, *rest), (opt, *rest), (high, *rest))
+
+    def covers(self, shape: Sequence[int]) -> bool:
+        return len(shape) == len(self.min) and all(
+            lo <= d <= hi for lo, d, hi in zip(self.min, shape, self.max, strict=True)
+        )
+
+    def options(self) -> dict[str, str]:
+        def fmt(dims: tuple[int, ...]) -> str:
+            return f"{self.input_name}:{'x'.join(str(d) for d in dims)}"
+
+        return {
+            "trt_profile_min_shapes": fmt(self.min),
+            "trt_profile_opt_shapes": fmt(self.opt),
+            "trt_profile_max_shapes": fmt(self.max),
+        }
+
+
+def engine_cache_dir(
+    root: Path,
+    model_path: Path,
+    gpu: Mapping[str, Any],
+    versions: Mapping[str, Any],
+    precision: str,
+    profile: TrtProfile,
+    builder_optimization_level: int | None = None,
+) -> Path:
+    """`<root>/ort-trt/<gpu>-sm<cc>-<precision>-<key>`: engines built for exactly these inputs.
+
+    The model is identified by its artifact folder (content-keyed) and file name, so a new
+    export, another GPU, another TensorRT or ORT, precision or profile gets its own folder.
+    """
+    inputs = {
+        "model": f"{model_path.parent.name}/{model_path.name}",
+        "gpu": gpu.get("gpu_name"),
+        "compute_capability": gpu.get("compute_capability"),
+        "versions": dict(versions),
+        "precision": precision,
+        "profile": profile.options(),
+        "builder_optimization_level": builder_optimization_level,
+    }
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    name = str(gpu.get("gpu_name") or "gpu")
+    cc = str(gpu.get("compute_capability") or "").replace(".", "")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-sm{cc}-{precision}")
+    return Path(root) / CACHE_KIND / f"{slug}-{key}"
+
+
+def trt_provider_options(
+    profile: TrtProfile,
+    precision: str,
+    cache_dir: Path,
+    device_id: int = 0,
+    builder_optimization_level: int | None = None,
+) -> dict[str, Any]:
+    """TensorRT EP options: precision, engine and timing caches in `cache_dir`, the profile."""
+    if precision not in PRECISIONS:
+        raise SuperchargeError(
+            f"ort-trt has no precision {precision!r}: choose one of {', '.join(PRECISIONS)}"
+        )
+    options: dict[str, Any] = {
+        "device_id": device_id,
+        "trt_fp16_enable": precision == "fp16",
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(Path(cache_dir) / "engines"),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(Path(cache_dir) / "timing"),
+        **profile.options(),
+    }
+    if builder_optimization_level is not None:
+        if not 0 <= builder_optimization_level <= 5:
+            raise SuperchargeError(
+                f"builder_optimization_level {builder_optimization_level} is not 0..5: "
+                "TensorRT's default is 3"
+            )
+        options["trt_builder_optimization_level"] = builder_optimization_level
+    return options
+
+
+def trt_providers(
+    profile: TrtProfile,
+    precision: str,
+    cache_dir: Path,
+    device_id: int = 0,
+    builder_optimization_level: int | None = None,
+) -> Providers:
+    """TensorRT first (asserted), the CUDA EP after it for nodes TensorRT rejects (fp32, no
+    TF32), as ONNX Runtime's documentation recommends."""
+    return [
+        (
+            TRT_PROVIDER,
+            trt_provider_options(
+                profile, precision, cache_dir, device_id, builder_optimization_level
+            ),
+        ),
+        (CUDA_PROVIDER, cuda_provider_options(device_id)),
+    ]
+
+
+def runtime_versions() -> dict[str, str | None]:
+    import onnxruntime as ort
+
+    from supercharge.gpu import tensorrt_version
+
+    return {"tensorrt": tensorrt_version(), "onnxruntime": ort.__version__}
+
+
+class OrtTrtRunner(OrtRunner):
+    provider = TRT_PROVIDER
+
+    def __init__(
+        self,
+        model_path: Path,
+        *,
+        cache: ArtifactCache,
+        precision: str = "fp16",
+        device_id: int = 0,
+        io_binding: bool | None = None,
+        batch_sizes: Sequence[int] = (1,),
+        threads: int | None = None,
+        input_shape: Sequence[int] | None = None,
+        opt_batch: int | None = None,
+        builder_optimization_level: int | None = None,
+        gpu: Mapping[str, Any] | None = None,
+    ) -> None:
+        if precision not in PRECISIONS:
+            raise SuperchargeError(
+                f"ort-trt has no precision {precision!r}: choose one of {', '.join(PRECISIONS)}"
+            )
+        super().__init__(
+            model_path,
+            backend="ort-trt",
+            precision=precision,
+            device="cuda",
+            device_id=device_id,
+            io_binding=io_binding,
+            batch_sizes=batch_sizes,
+            threads=threads,
+            input_shape=input_shape,
+        )
+        self.cache_root = Path(cache.root)
+        self.opt_batch = opt_batch
+        self.builder_optimization_level = builder_optimization_level
+        self._gpu = dict(gpu) if gpu is not None else None
+        self._profile: TrtProfile | None = None
+        self.cache_dir: Path | None = None
+
+    def profile(self) -> TrtProfile:
+        if self._profile is None:
+            self._profile = TrtProfile.for_batches(
+                self.graph_input()[0],
+                self.profile_shape(1)[1:],
+                self.batch_sizes,
+                self.opt_batch,
+            )
+        return self._profile
+
+    def providers(self) -> Providers:
+        if self._gpu is None:
+            from supercharge.gpu import gpu_info
+
+            self._gpu = gpu_info()
+        profile = self.profile()
+        self.cache_dir = engine_cache_dir(
+            self.cache_root,
+            self.model_path,
+            self._gpu,
+            runtime_versions(),
+            self.precision,
+            profile,
+            self.builder_optimization_level,
+        )
+        return trt_providers(
+            profile,
+            self.precision,
+            self.cache_dir,
+            self.device_id,
+            self.builder_optimization_level,
+        )
+
+    def prepare(self) -> None:
+        if self.session is None:
+            providers = dict(self.providers())
+            options = providers[TRT_PROVIDER]
+            for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
+                Path(options[key]).mkdir(parents=True, exist_ok=True)
+        super().prepare()  # the engine is built by the warm-up run per batch size
+
+    def place(self, batch: Any) -> Any:
+        shape, profile = tuple(batch.shape), self.profile()
+        if not profile.covers(shape):
+            raise SuperchargeError(
+                f"input shape {shape} is outside the TensorRT profile "
+                f"{profile.min}..{profile.max}: "
+                "pass the batch sizes (and input_shape) you run to create_runner, so the engine "
+                "is built in prepare() and not mid-benchmark"
+            )
+        return super().place(batch)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["trt_profile"] = self.profile().options()
+        info["engine_cache"] = str(self.cache_dir) if self.cache_dir else None
+        if self.precision == "fp32":
+            info["tf32"] = "allowed (TensorRT default; NVIDIA_TF32_OVERRIDE=0 forbids it)"
+        info.update({k: v for k, v in runtime_versions().items() if k == "tensorrt"})
+        return info

@@ -1,0 +1,216 @@
+"""Static int8 QDQ quantisation for ONNX Runtime CPU, calibrated on real photos, cached.
+
+The fp32 export goes through `quant_pre_process` (symbolic and ONNX shape inference plus ORT's
+basic graph optimisation, which ORT's quantisation docs recommend before quantize_static), then
+`quantize_static` in QDQ format with uint8 activations and per-channel int8 weights (ORT's advice
+for x86 CPUs with VNNI, such as Zen 4; no reduce_range). Calibration batches are photos run
+through the model's own timm eval transform, so ranges are those of real inputs.
+
+Measured on tf_efficientnet_lite0 with the five fixture photos (GUIDE.md machine): per-tensor
+weights changed top-1 on 2 of 5 photos, per-channel weights kept all 5, at about the same speed.
+
+The artifact (kind "onnx-int8") is keyed by the fp32 export's key, the settings, the calibration
+images' content and the data config, and the onnxruntime version; its manifest records how often
+int8 top-1 agrees with fp32 on the calibration photos (in-sample: a smoke check, not an accuracy
+gate; gate int8 on held-out images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from supercharge.cache import Artifact, ArtifactCache, ArtifactSpec, sha256_file
+from supercharge.errors import SuperchargeError
+from supercharge.export import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, export_onnx
+from supercharge.models import ModelBundle, ModelRef
+
+KIND = "onnx-int8"
+QUANT_REVISION = 1  # bump when this module changes what it builds, so caches rebuild
+DATA_FILE = MODEL_FILE + ".data"
+FIXTURE_IMAGES = Path(__file__).resolve().parents[3] / "fixtures" / "images"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+Calibration = str | Path | Sequence[str | Path] | None
+
+
+@dataclass(frozen=True)
+class QuantSettings:
+    """quantize_static's knobs (names as in onnxruntime.quantization)."""
+
+    quant_format: str = "QDQ"
+    activation_type: str = "QUInt8"
+    weight_type: str = "QInt8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    calibrate_method: str = "MinMax"
+    pre_process: bool = True
+
+
+def calibration_paths(calibration: Calibration = None) -> list[Path]:
+    """The calibration photos: a folder's images, a list of files, or the fixture photos."""
+    if calibration is None:
+        if not FIXTURE_IMAGES.is_dir():
+            raise SuperchargeError(
+                f"no default calibration images ({FIXTURE_IMAGES} is missing outside a source "
+                "checkout): pass calibration=<folder of photos or list of image files>"
+            )
+        calibration = FIXTURE_IMAGES
+    if isinstance(calibration, str | Path):
+        folder = Path(calibration)
+        if not folder.is_dir():
+            raise SuperchargeError(
+                f"calibration folder {folder} does not exist: pass a folder of photos or a list "
+                "of image files"
+            )
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    else:
+        paths = [Path(p) for p in calibration]
+    if not paths:
+        raise SuperchargeError(
+            f"no calibration images in {calibration}: give at least one photo (.png/.jpg)"
+        )
+    return paths
+
+
+def calibration_digest(paths: Sequence[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        if not p.is_file():
+            raise SuperchargeError(f"calibration image {p} does not exist: check the path")
+        h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def _data_config(model: ModelBundle | ModelRef, onnx_artifact: Artifact) -> dict[str, Any]:
+    if isinstance(model, ModelBundle):
+        return dict(model.data_config)
+    config = onnx_artifact.manifest.get("data_config")
+    if config is None:
+        from supercharge.models import load_bundle
+
+        config = load_bundle(model).data_config
+    return dict(config)
+
+
+class _Batches:
+    """onnxruntime.quantization's CalibrationDataReader protocol over preprocessed batches."""
+
+    def __init__(self, input_name: str, batch: np.ndarray) -> None:
+        self.input_name = input_name
+        self.batch = batch
+        self._it: Iterator[dict[str, np.ndarray]] = self._iter()
+
+    def _iter(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(self.batch)):  # one photo per batch: the export's dynamic batch dim
+            yield {self.input_name: self.batch[i : i + 1]}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = self._iter()
+
+
+def _agreement(fp32: Path, int8: Path, input_name: str, batch: np.ndarray) -> dict[str, Any]:
+    """int8 vs fp32 on `batch`: top-1 agreement and the largest softmax probability change."""
+    from supercharge.runners.ort_runner import create_session, session_options
+
+    def logits(path: Path) -> np.ndarray:
+        session = create_session(path, [("CPUExecutionProvider", {})], session_options())
+        return session.run(None, {input_name: batch})[0]
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    ref, got = logits(fp32), logits(int8)
+    same = ref.argmax(axis=1) == got.argmax(axis=1)
+    return {
+        "images": len(batch),
+        "top1_agreement": float(same.mean()),
+        "top1_same": [bool(s) for s in same],
+        "max_prob_diff": float(np.abs(softmax(ref) - softmax(got)).max()),
+    }
+
+
+def quantized_model(
+    model: ModelBundle | ModelRef,
+    cache: ArtifactCache,
+    calibration: Calibration = None,
+    settings: QuantSettings = QuantSettings(),
+) -> Artifact:
+    """The static int8 QDQ model of `model`'s fp32 export, built once and reused.
+
+    calibration: a folder of photos, a list of image files, or None for fixtures/images.
+    The artifact's "model.onnx" has the fp32 export's input and output names and dynamic batch.
+    """
+    import onnxruntime as ort
+
+    onnx_artifact = export_onnx(model, cache)
+    paths = calibration_paths(calibration)
+    data_config = _data_config(model, onnx_artifact)
+    input_name = onnx_artifact.manifest.get("input_name", INPUT_NAME)
+    inputs = {
+        "model_onnx": onnx_artifact.manifest["key"],
+        "settings": asdict(settings),
+        "calibration": {
+            "images": [p.name for p in paths],
+            "digest": calibration_digest(paths),
+        },
+        "data_config": data_config,
+        "onnxruntime": ort.__version__,
+        "revision": QUANT_REVISION,
+    }
+
+    def build(out_dir: Path) -> dict[str, Any]:
+        from onnxruntime import quantization as q
+
+        from supercharge.images import load_image
+        from supercharge.preprocess.reference import TimmPreprocess
+
+        batch = TimmPreprocess(data_config)([load_image(p) for p in paths])
+        source = onnx_artifact.file(MODEL_FILE)
+        external = onnx_artifact.file(DATA_FILE).exists()
+        out = out_dir / MODEL_FILE
+        with tempfile.TemporaryDirectory(prefix="supercharge-quant-") as work:
+            prepared = source
+            if settings.pre_process:
+                prepared = Path(work) / MODEL_FILE
+                q.quant_pre_process(
+                    str(source),
+                    str(prepared),
+                    save_as_external_data=external,
+                    all_tensors_to_one_file=True,
+                    external_data_location=DATA_FILE if external else None,
+                )
+            q.quantize_static(
+                str(prepared),
+                str(out),
+                _Batches(input_name, batch),
+                quant_format=getattr(q.QuantFormat, settings.quant_format),
+                activation_type=getattr(q.QuantType, settings.activation_type),
+                weight_type=getattr(q.QuantType, settings.weight_type),
+                per_channel=settings.per_channel,
+                reduce_range=settings.reduce_range,
+                calibrate_method=getattr(q.CalibrationMethod, settings.calibrate_method),
+                use_external_data_format=external,
+            )
+        return {
+            "input_name": input_name,
+            "output_name": onnx_artifact.manifest.get("output_name", OUTPUT_NAME),
+            "input_size": onnx_artifact.manifest.get("input_size"),
+            "data_config": data_config,
+            "source_onnx": onnx_artifact.manifest["key"],
+            "check": _agreement(source, out, input_name, batch),
+        }
+
+    return cache.get_or_build(
+        ArtifactSpec(kind=KIND, name=f"{model.name}-int8", inputs=inputs), build
+    )

@@ -1,0 +1,558 @@
+"""Runners: the backend table, one-line errors, what actually ran, int8, and GPU option building.
+
+Runs on a CPU-only machine: GPU backends are checked for their reasons and for the provider
+options they would pass (pure functions), never silently skipped without saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+
+from supercharge.cache import ArtifactCache
+from supercharge.errors import SuperchargeError
+from supercharge.export import MODEL_FILE, export_onnx
+from supercharge.gpu import (
+    backend_unavailable_reason,
+    cupy_unavailable_reason,
+    gpu_info,
+    provider_unavailable_reason,
+)
+from supercharge.images import load_image
+from supercharge.models import load_bundle
+from supercharge.pipeline import BAKED, PREPROCESS, build_pipeline
+from supercharge.runners import BACKENDS, create_runner
+from supercharge.runners import ort_runner as ort_runner_module
+from supercharge.runners.base import BackendUnavailableError, backend_grid
+from supercharge.runners.ort_cuda import OrtCudaRunner, cuda_provider_options, cuda_providers
+from supercharge.runners.ort_runner import (
+    OrtRunner,
+    ProviderError,
+    assigned_nodes,
+    profiled_placement,
+    session_options,
+)
+from supercharge.runners.ort_trt import OrtTrtRunner, TrtProfile, engine_cache_dir
+from supercharge.runners.quantize import KIND as INT8_KIND
+from supercharge.runners.quantize import quantized_model
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "images"
+H200 = {"gpu_name": "NVIDIA H200", "compute_capability": "9.0"}
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> ArtifactCache:
+    return ArtifactCache(tmp_path_factory.mktemp("artifacts"), log=_quiet)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_bundle("test_efficientnet", "random")
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny, cache) -> Path:
+    return export_onnx(tiny, cache).file(MODEL_FILE)
+
+
+@pytest.fixture(scope="module")
+def batch(tiny) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((2, *tiny.input_size), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_bundle("tf_efficientnet_lite0", "pretrained")
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return [load_image(p) for p in sorted(FIXTURES.iterdir())]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.abs(got - ref).max() / np.abs(ref).max())
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    assert "\n" not in text and text.strip() == text and text
+    return text
+
+
+# -- the table -------------------------------------------------------------------------------------
+
+
+def test_backend_table_is_exactly_the_interface():
+    table = {name: (spec.device, spec.precisions, spec.onnx) for name, spec in BACKENDS.items()}
+    assert table == {
+        "torch-cpu": ("cpu", ("fp32", "bf16"), False),
+        "torch-cuda": ("cuda", ("fp32", "fp16", "bf16"), False),
+        "ort-cpu": ("cpu", ("fp32", "int8"), True),
+        "ort-cuda": ("cuda", ("fp32",), True),
+        "ort-trt": ("cuda", ("fp16", "fp32"), True),
+    }
+    assert all(spec.name == name and callable(spec.factory) for name, spec in BACKENDS.items())
+    assert ("ort-cpu", "int8") in backend_grid() and ("ort-cuda", "fp16") not in backend_grid()
+    assert len(backend_grid()) == 10
+    assert set(PREPROCESS) == {"timm", "numpy", "cupy", "baked", "seed"}
+    assert set(BAKED) == {"baked", "seed"}
+
+
+@pytest.mark.parametrize(
+    ("backend", "kwargs", "names"),
+    [
+        ("torch-xpu", {}, ["torch-xpu", "torch-cpu"]),
+        ("torch-cpu", {"precision": "fp16"}, ["fp16", "fp32, bf16"]),
+        ("ort-cpu", {"precision": "bf16"}, ["bf16", "fp32, int8"]),
+        ("ort-cuda", {"precision": "int8"}, ["int8", "fp32"]),
+        ("ort-trt", {"precision": "int8"}, ["int8", "fp16, fp32"]),
+        ("torch-cpu", {"graph": "baked"}, ["baked", "ONNX Runtime"]),
+        ("torch-cpu", {"io_binding": True}, ["io_binding", "channels_last"]),
+        ("ort-cpu", {"cuda_graph": True}, ["cuda_graph", "calibration"]),
+        ("ort-cpu", {"graph": "raw"}, ["raw", "baked"]),
+    ],
+)
+def test_bad_backend_precision_option_is_one_line(tiny, cache, backend, kwargs, names):
+    with pytest.raises(SuperchargeError) as info:
+        create_runner(backend, tiny, cache, **kwargs)
+    text = _one_line(info.value)
+    for name in names:
+        assert name in text
+
+
+# -- torch ---------------------------------------------------------------------------------------
+
+
+def test_torch_cpu_bf16_is_close_to_fp32_but_really_bf16(tiny, cache, batch):
+    fp32 = create_runner("torch-cpu", tiny, cache)
+    bf16 = create_runner("torch-cpu", tiny, cache, precision="bf16")
+    ref, got = fp32.run(batch), bf16.run(batch)
+    assert got.dtype == np.float32 and got.shape == ref.shape == (2, 1000)
+    assert _cosine(got, ref) > 0.99
+    assert not np.array_equal(got, ref)  # autocast did run in bf16
+    assert bf16.describe()["precision"] == "bf16" and bf16.describe()["autocast"] is True
+
+
+def test_torch_channels_last_equals_plain(tiny, cache, batch):
+    plain = create_runner("torch-cpu", tiny, cache)
+    cl = create_runner("torch-cpu", tiny, cache, channels_last=True)
+    placed = cl.place(batch)
+    assert placed.is_contiguous(memory_format=__import__("torch").channels_last)
+    assert not plain.place(batch).is_contiguous(memory_format=__import__("torch").channels_last)
+    assert _rel_err(cl.to_host(cl.run_placed(placed)), plain.run(batch)) < 1e-4
+    # the shared bundle's model is not reformatted by the channels_last runner
+    weight = next(p for p in tiny.model.parameters() if p.ndim == 4)
+    assert weight.is_contiguous()
+
+
+def test_torch_describe_is_json(tiny, cache):
+    info = create_runner("torch-cpu", tiny, cache).describe()
+    assert {"backend", "precision", "device"} <= set(info)
+    assert (info["backend"], info["precision"], info["device"]) == ("torch-cpu", "fp32", "cpu")
+    json.dumps(info)
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager(tiny, cache, batch):
+    eager = create_runner("torch-cpu", tiny, cache)
+    compiled = create_runner("torch-cpu", tiny, cache, compile=True, batch_sizes=(2,))
+    assert compiled.describe()["compile"] is True
+    assert _rel_err(compiled.run(batch), eager.run(batch)) < 1e-4
+
+
+# -- ORT CPU: providers, placement, binding ----------------------------------------------------
+
+
+def test_ort_cpu_asserts_provider_and_records_placement(tiny, cache, tiny_onnx, batch):
+    runner = create_runner("ort-cpu", tiny, cache)
+    info = runner.describe()
+    assert info["providers"][0] == "CPUExecutionProvider"
+    assert info["node_placement"]["CPUExecutionProvider"] > 0
+    assert set(info["node_placement"]) == {"CPUExecutionProvider"}
+    json.dumps(info)
+    torch_logits = create_runner("torch-cpu", tiny, cache).run(batch)
+    assert _rel_err(runner.run(batch), torch_logits) < 1e-3
+
+
+def test_placement_counts_match_the_graphs(tiny_onnx, tmp_path):
+    """profiled_placement counts the optimised graph's nodes, assigned_nodes the ONNX nodes."""
+    import onnxruntime as ort
+
+    options = session_options(profile_prefix=str(tmp_path / "prof"))
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    session = ort.InferenceSession(str(tiny_onnx), options, providers=["CPUExecutionProvider"])
+    session.run(None, {"input": np.zeros((1, 3, 160, 160), np.float32)})
+    optimised = len(onnx.load(str(tmp_path / "optimised.onnx")).graph.node)
+    original = len(onnx.load(str(tiny_onnx)).graph.node)
+    assert optimised < original  # fusion happened, so the two counts tell different things
+    assert profiled_placement(session) == {"CPUExecutionProvider": optimised}
+    assert not list(tmp_path.glob("prof*.json"))  # the profile file is cleaned up
+    assert assigned_nodes(session) == {"CPUExecutionProvider": original}
+
+
+@pytest.mark.parametrize("provider", ["CUDAExecutionProvider", "TensorrtExecutionProvider"])
+def test_absent_provider_is_a_one_line_provider_error(tiny_onnx, provider):
+    if provider_unavailable_reason(provider) is None:
+        pytest.skip(f"{provider} is installed here: the error path needs a build without it")
+    runner = OrtRunner(tiny_onnx, providers=[(provider, {})])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # ORT's own "not in available providers"
+        with pytest.raises(ProviderError) as info:
+            runner.prepare()
+    text = _one_line(info.value)
+    assert provider in text and "CPUExecutionProvider" in text and "onnxruntime-gpu" in text
+    assert runner.session is None
+
+
+def test_trt_runner_without_tensorrt_is_a_provider_error(tiny_onnx, cache):
+    if provider_unavailable_reason("TensorrtExecutionProvider") is None:
+        pytest.skip("the TensorRT EP is installed here: the error path needs a build without it")
+    runner = OrtTrtRunner(tiny_onnx, cache=cache, gpu=H200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(ProviderError) as info:
+            runner.prepare()
+    assert "TensorrtExecutionProvider" in _one_line(info.value)
+
+
+@pytest.mark.parametrize("backend", ["torch-cuda", "ort-cuda", "ort-trt"])
+def test_gpu_backend_refuses_with_its_reason(tiny, cache, backend):
+    reason = backend_unavailable_reason(backend)
+    if reason is None:
+        pytest.skip(f"{backend} can run here")
+    with pytest.raises(BackendUnavailableError) as info:
+        create_runner(backend, tiny, cache)
+    text = _one_line(info.value)
+    assert backend in text and reason in text
+
+
+def test_io_binding_on_cpu_gives_session_run_logits(tiny, cache, batch):
+    import onnxruntime as ort
+
+    plain = create_runner("ort-cpu", tiny, cache, batch_sizes=(2,))
+    bound = create_runner("ort-cpu", tiny, cache, io_binding=True, batch_sizes=(1, 2))
+    placed = bound.place(batch)
+    assert isinstance(placed, ort.OrtValue) and bound.describe()["io_binding"] is True
+    out = bound.run_placed(placed)
+    assert isinstance(out, ort.OrtValue)
+    np.testing.assert_allclose(bound.to_host(out), plain.run(batch), rtol=1e-6, atol=1e-9)
+    # to_host copies: a second run does not change logits already returned
+    first = bound.run(batch)
+    bound.run(batch[::-1].copy())
+    np.testing.assert_allclose(first, plain.run(batch), rtol=1e-6, atol=1e-9)
+
+
+def test_wrong_dtype_is_a_one_line_error(tiny, cache, batch):
+    runner = create_runner("ort-cpu", tiny, cache)
+    with pytest.raises(SuperchargeError) as info:
+        runner.run(batch.astype(np.float64))
+    assert "float32" in _one_line(info.value) and "float64" in str(info.value)
+
+
+class _FixedBuffer(np.ndarray):
+    """A host stand-in for a cupy array: exposes .data.ptr like cupy does."""
+
+    @property
+    def data(self):  # type: ignore[override]
+        return SimpleNamespace(ptr=self.ctypes.data)
+
+
+def test_fixed_buffer_slots_replay_on_cpu(tiny_onnx, batch, monkeypatch):
+    """The CUDA-graph feeding path (fixed addresses, one slot per shape, gpu_graph_id), run on
+    the CPU EP with host buffers in place of cupy's; graph capture itself needs a GPU."""
+    fake_cupy = SimpleNamespace(
+        empty=lambda shape, dtype: np.zeros(shape, dtype).view(_FixedBuffer),
+        asarray=np.asarray,
+        ascontiguousarray=np.ascontiguousarray,
+        cuda=SimpleNamespace(Device=lambda _: nullcontext()),
+    )
+    monkeypatch.setattr(ort_runner_module, "import_cupy", lambda why: fake_cupy)
+    monkeypatch.setattr(ort_runner_module, "_synchronize_cupy", lambda: None)
+    reference = OrtRunner(tiny_onnx, batch_sizes=(2,))
+    reference.prepare()
+    runner = OrtRunner(tiny_onnx, io_binding=True, batch_sizes=(1, 2))
+    runner.cuda_graph = True  # on a CUDA device this is cuda_graph=True; here only the feeding
+    runner.prepare()
+    assert len(runner._slots) == 2  # warm-up made one slot per batch size
+    slot = runner._slots[tuple(batch.shape)]
+    address = slot.input.ctypes.data
+    ids = {s.run_options.get_run_config_entry("gpu_graph_id") for s in runner._slots.values()}
+    assert ids == {"0", "1"}
+    for x in (batch, batch[::-1].copy()):
+        got = runner.to_host(runner.run_placed(runner.place(x)))
+        np.testing.assert_allclose(got, reference.run(x), rtol=1e-6, atol=1e-9)
+    assert runner._slots[tuple(batch.shape)].input.ctypes.data == address
+
+
+def test_cuda_graph_needs_a_cuda_device(tiny_onnx):
+    with pytest.raises(SuperchargeError) as info:
+        OrtRunner(tiny_onnx, cuda_graph=True)
+    assert "ort-cuda" in _one_line(info.value)
+
+
+# -- int8 ----------------------------------------------------------------------------------------
+
+
+def test_int8_artifact_is_built_once_and_keyed(tiny, tmp_path, monkeypatch):
+    from onnxruntime import quantization
+
+    cache = ArtifactCache(tmp_path, log=_quiet)
+    first = quantized_model(tiny, cache)
+    assert first.built and first.path.parent.name == INT8_KIND
+    ops = {n.op_type for n in onnx.load(str(first.file(MODEL_FILE))).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    inputs = first.manifest["inputs"]
+    assert inputs["model_onnx"] == export_onnx(tiny, cache).manifest["key"]
+    assert inputs["settings"]["per_channel"] is True and inputs["onnxruntime"]
+    assert inputs["calibration"]["images"] == sorted(p.name for p in FIXTURES.iterdir())
+
+    def no_rebuild(*args, **kwargs):
+        raise AssertionError("a cache hit must not quantise again")
+
+    monkeypatch.setattr(quantization, "quantize_static", no_rebuild)
+    second = quantized_model(tiny, cache)
+    assert not second.built and second.path == first.path
+    monkeypatch.undo()
+    fewer = quantized_model(tiny, cache, calibration=sorted(FIXTURES.iterdir())[:2])
+    assert fewer.built and fewer.path != first.path
+
+
+def test_bad_calibration_is_one_line(tiny, cache, tmp_path):
+    with pytest.raises(SuperchargeError) as info:
+        quantized_model(tiny, cache, calibration=tmp_path / "nowhere")
+    assert "nowhere" in _one_line(info.value)
+    with pytest.raises(SuperchargeError) as info:
+        quantized_model(tiny, cache, calibration=tmp_path)  # exists, holds no images
+    assert str(tmp_path) in _one_line(info.value)
+
+
+@pytest.mark.slow
+def test_int8_top1_agrees_with_fp32_on_the_photos(lite0, artifact_cache, photos):
+    fp32 = build_pipeline(lite0, artifact_cache, "ort-cpu", "timm")
+    int8 = build_pipeline(lite0, artifact_cache, "ort-cpu", "timm", precision="int8")
+    ref, got = fp32(photos), int8(photos)
+    assert int8.describe()["precision"] == "int8"
+    assert "onnx-int8" in int8.describe()["model"]
+    assert got.argmax(1).tolist() == ref.argmax(1).tolist()
+    assert not np.array_equal(got, ref)  # it is a different (quantised) model
+    check = quantized_model(lite0, artifact_cache).manifest["check"]
+    assert check["top1_agreement"] == 1.0 and check["images"] == len(photos)
+
+
+@pytest.mark.slow
+def test_int8_with_baked_preprocessing_runs_on_uint8_images(lite0, artifact_cache, photos):
+    fp32 = build_pipeline(lite0, artifact_cache, "ort-cpu", "timm")
+    baked_fp32 = build_pipeline(lite0, artifact_cache, "ort-cpu", "baked")
+    baked_int8 = build_pipeline(lite0, artifact_cache, "ort-cpu", "baked", precision="int8")
+    paths = {baked_fp32.describe()["model"], baked_int8.describe()["model"]}
+    assert len(paths) == 2 and all("onnx-merged" in p for p in paths)
+    image = np.asarray(photos[0])[None]
+    assert image.dtype == np.uint8 and image.shape[-1] == 3
+    assert baked_int8.runner.run(image).shape == (1, 1000)
+    assert baked_int8(photos).argmax(1).tolist() == fp32(photos).argmax(1).tolist()
+
+
+# -- pipeline ------------------------------------------------------------------------------------
+
+
+def test_pipeline_placed_batches_and_describe(tiny, cache, photos):
+    pipeline = build_pipeline(tiny, cache, "ort-cpu", "numpy", batch_sizes=(len(photos),))
+    placed = pipeline.placed_batches(photos)
+    assert len(placed) == 1 and placed[0].shape == (len(photos), *tiny.input_size)
+    np.testing.assert_allclose(pipeline.run_placed(placed), pipeline(photos), rtol=1e-6)
+    info = pipeline.describe()
+    assert info["preprocess"] == "numpy" and info["backend"] == "ort-cpu"
+    assert info["batch_sizes"] == [len(photos)]
+    json.dumps(info)
+
+
+def test_cupy_preprocess_without_cupy_is_one_line(tiny, cache):
+    if cupy_unavailable_reason() is None:
+        pytest.skip("cupy and a GPU are usable here")
+    with pytest.raises(SuperchargeError) as info:
+        build_pipeline(tiny, cache, "ort-cpu", "cupy")
+    assert "cupy" in _one_line(info.value)
+
+
+# -- GPU reasons and provider options (no GPU needed) -------------------------------------------
+
+
+def test_gpu_reasons_here():
+    assert backend_unavailable_reason("torch-cpu") is None
+    assert backend_unavailable_reason("ort-cpu", "baked") is None
+    assert "baked" in backend_unavailable_reason("torch-cpu", "baked")
+    with pytest.raises(SuperchargeError):
+        backend_unavailable_reason("ort-gpu")
+    with pytest.raises(SuperchargeError):
+        backend_unavailable_reason("ort-cpu", "opencv")
+    for backend in ("torch-cuda", "ort-cuda", "ort-trt"):
+        reason = backend_unavailable_reason(backend)
+        if reason is not None:
+            assert isinstance(reason, str) and "\n" not in reason
+    if provider_unavailable_reason("CUDAExecutionProvider") is not None:
+        reason = provider_unavailable_reason("CUDAExecutionProvider")
+        assert "onnxruntime-gpu" in reason and "CUDAExecutionProvider" in reason
+        assert backend_unavailable_reason("ort-cuda") is not None
+
+
+def test_gpu_info_is_empty_without_a_gpu():
+    info = gpu_info()
+    if backend_unavailable_reason("torch-cuda") is not None and cupy_unavailable_reason():
+        assert info == {}
+    else:
+        assert info["gpu_name"] and info["compute_capability"]
+    json.dumps(info)
+
+
+def test_cuda_provider_options():
+    options = cuda_provider_options()
+    assert options["use_tf32"] == "0" and options["enable_cuda_graph"] == "0"
+    assert options["device_id"] == "0"
+    assert cuda_provider_options(1, cuda_graph=True)["enable_cuda_graph"] == "1"
+    providers = cuda_providers(cuda_graph=True)
+    assert [name for name, _ in providers] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers[0][1]["enable_cuda_graph"] == "1"
+
+
+def test_ort_cuda_runner_options_without_a_gpu(tiny_onnx):
+    runner = OrtCudaRunner(tiny_onnx, cuda_graph=True, device_id=1)
+    (name, options), _ = runner.providers()
+    assert name == "CUDAExecutionProvider"
+    assert options["use_tf32"] == "0" and options["enable_cuda_graph"] == "1"
+    assert options["device_id"] == "1"
+    assert runner.io_binding is True and runner.device == "cuda"
+    with pytest.raises(SuperchargeError) as info:
+        OrtCudaRunner(tiny_onnx, precision="fp16")
+    assert "ort-trt" in _one_line(info.value)
+
+
+def test_ort_trt_runner_options_without_a_gpu(tiny_onnx, cache):
+    runner = OrtTrtRunner(tiny_onnx, cache=cache, batch_sizes=(1, 4, 8), gpu=H200)
+    (trt, options), (cuda, cuda_options) = runner.providers()
+    assert (trt, cuda) == ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    assert options["trt_fp16_enable"] is True and cuda_options["use_tf32"] == "0"
+    assert options["trt_profile_min_shapes"] == "input:1x3x160x160"
+    assert options["trt_profile_opt_shapes"] == "input:8x3x160x160"
+    assert options["trt_profile_max_shapes"] == "input:8x3x160x160"
+    assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"]
+    engines = Path(options["trt_engine_cache_path"])
+    timing = Path(options["trt_timing_cache_path"])
+    assert engines.parent == timing.parent and engines.parent.parent == cache.root / "ort-trt"
+    assert "NVIDIA_H200-sm90-fp16" in engines.parent.name
+    # Each thing that makes an engine non-portable gets its own folder.
+    dirs = {
+        engines.parent,
+        Path(
+            OrtTrtRunner(
+                tiny_onnx, cache=cache, precision="fp32", batch_sizes=(1, 4, 8), gpu=H200
+            ).providers()[0][1]["trt_engine_cache_path"]
+        ).parent,
+        Path(
+            OrtTrtRunner(tiny_onnx, cache=cache, batch_sizes=(1, 16), gpu=H200).providers()[0][1][
+                "trt_engine_cache_path"
+            ]
+        ).parent,
+        Path(
+            OrtTrtRunner(
+                tiny_onnx,
+                cache=cache,
+                batch_sizes=(1, 4, 8),
+                gpu={"gpu_name": "NVIDIA L4", "compute_capability": "8.9"},
+            ).providers()[0][1]["trt_engine_cache_path"]
+        ).parent,
+    }
+    assert len(dirs) == 4
+    fp32 = OrtTrtRunner(tiny_onnx, cache=cache, precision="fp32", opt_batch=4, batch_sizes=(1, 8))
+    fp32._gpu = H200
+    fp32_options = fp32.providers()[0][1]
+    assert fp32_options["trt_fp16_enable"] is False
+    assert fp32_options["trt_profile_opt_shapes"] == "input:4x3x160x160"
+
+
+def test_trt_profile_refuses_shapes_that_would_rebuild(tiny_onnx, cache):
+    runner = OrtTrtRunner(tiny_onnx, cache=cache, batch_sizes=(1, 8), gpu=H200)
+    with pytest.raises(SuperchargeError) as info:
+        runner.place(np.zeros((16, 3, 160, 160), np.float32))
+    assert "(16, 3, 160, 160)" in _one_line(info.value) and "batch" in str(info.value)
+    with pytest.raises(SuperchargeError):
+        TrtProfile.for_batches("input", (3, 160, 160), (1, 8), opt_batch=32)
+    with pytest.raises(SuperchargeError):
+        OrtTrtRunner(tiny_onnx, cache=cache, precision="int8")
+
+
+def _image_graph(path: Path) -> Path:
+    """A stand-in for a baked graph: uint8 NHWC 'image' of any size -> float 'logits'."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["f"], ["logits"], axes=[1, 2], keepdims=0),
+        ],
+        "image_graph",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", "H", "W", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_trt_profile_for_a_baked_graph(cache, tmp_path):
+    path = _image_graph(tmp_path / "model.onnx")
+    runner = OrtTrtRunner(path, cache=cache, input_shape=(480, 640, 3), gpu=H200)
+    assert runner.profile().options()["trt_profile_min_shapes"] == "image:1x480x640x3"
+    assert runner.profile().covers((1, 480, 640, 3))
+    assert not runner.profile().covers((1, 640, 480, 3))
+    with pytest.raises(SuperchargeError) as info:
+        OrtTrtRunner(path, cache=cache, gpu=H200).profile()
+    assert "input_shape" in _one_line(info.value)  # dynamic H, W need an explicit image size
+
+
+def test_ort_cpu_runs_a_dynamic_image_graph_given_a_shape(tmp_path):
+    path = _image_graph(tmp_path / "model.onnx")
+    runner = OrtRunner(path, input_shape=(32, 48, 3))
+    runner.prepare()  # warm-up at 1x32x48x3
+    image = np.full((1, 20, 30, 3), 7, np.uint8)
+    np.testing.assert_allclose(runner.run(image), [[7.0, 7.0, 7.0]])
+    with pytest.raises(SuperchargeError) as info:
+        OrtRunner(path, input_shape=(32, 48, 4)).prepare()
+    assert "input_shape" in _one_line(info.value)
+
+
+def test_engine_cache_dir_is_keyed_by_versions(tmp_path):
+    profile = TrtProfile.for_batches("input", (3, 224, 224), (1,))
+    model = tmp_path / "onnx-model" / "m-abc" / "model.onnx"
+    a = engine_cache_dir(
+        tmp_path, model, H200, {"tensorrt": "10.13", "onnxruntime": "1.31"}, "fp16", profile
+    )
+    b = engine_cache_dir(
+        tmp_path, model, H200, {"tensorrt": "11.0", "onnxruntime": "1.31"}, "fp16", profile
+    )
+    c = engine_cache_dir(
+        tmp_path,
+        model.parent.with_name("m-def") / "model.onnx",
+        H200,
+        {"tensorrt": "10.13", "onnxruntime": "1.31"},
+        "fp16",
+        profile,
+    )
+    assert len({a, b, c}) == 3 and all(p.is_relative_to(tmp_path) for p in (a, b, c))
