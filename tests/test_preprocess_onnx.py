@@ -20,6 +20,7 @@ from supercharge.predict import top_k
 from supercharge.preprocess import pil_resample
 from supercharge.preprocess.array_impl import pass_order
 from supercharge.preprocess.compare import LevelDiff, level_diff, to_levels
+from supercharge.preprocess.merge import _PREFIX as PREFIX
 from supercharge.preprocess.merge import DATA_FILE, KIND, merged_model, save_checked
 from supercharge.preprocess.onnx_graph import (
     INPUT_NAME,
@@ -73,11 +74,44 @@ def timm_reference(spec: PreprocessSpec, images: Sequence[Image.Image]) -> np.nd
     return torch.stack([transform(im) for im in images]).numpy()
 
 
-def resize_attrs(model: onnx.ModelProto) -> dict:
-    (node,) = [n for n in model.graph.node if n.op_type == "Resize"]
+def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute} | {
         "name": node.name
     }
+
+
+def resize_attrs(model: onnx.ModelProto) -> dict:
+    """The attributes of the graph's one top-level Resize node (the seed's)."""
+    (node,) = [n for n in model.graph.node if n.op_type == "Resize"]
+    return _attrs(node)
+
+
+def baked_resizes(graph: onnx.GraphProto) -> dict[str, list[dict]]:
+    """The baked graph's Resize passes, in order, per If branch: {"vertical_first": [...], ...}.
+
+    Walks the If node that picks Pillow's pass order (wherever a merge put it).
+    """
+    (node,) = [n for n in graph.node if n.op_type == "If"]
+    return {
+        branch.name.removeprefix(PREFIX): [_attrs(n) for n in branch.node if n.op_type == "Resize"]
+        for branch in (
+            onnx.helper.get_attribute_value(a) for a in node.attribute if a.type == a.GRAPH
+        )
+    }
+
+
+def assert_pillow_passes(graph: onnx.GraphProto, mode: bytes) -> None:
+    """Two 1-D antialiased passes per branch: vertical first in one, horizontal in the other."""
+    passes = baked_resizes(graph)
+    axes = {name: [r["axes"] for r in rs] for name, rs in passes.items()}
+    assert axes == {"vertical_first": [[1], [2]], "horizontal_first": [[2], [1]]}  # NHWC
+    for attrs in (r for rs in passes.values() for r in rs):
+        assert RESIZE_NODE in attrs["name"]  # merge_models prefixes it
+        assert attrs["mode"] == mode and attrs["antialias"] == 1
+        assert attrs["coordinate_transformation_mode"] == b"half_pixel"
+        if mode == b"cubic":
+            assert attrs["cubic_coeff_a"] == pytest.approx(-0.5)
+            assert attrs["exclude_outside"] == 1
 
 
 def assert_within_bound(diff: LevelDiff, what: str) -> None:
@@ -101,22 +135,16 @@ def test_chosen_configs_cover_the_crop_modes_and_sizes():
 # --- the Resize node ----------------------------------------------------------------------------
 
 
-def test_bicubic_resize_node_matches_pillow_filter():
+def test_bicubic_resize_nodes_are_pillows_two_passes():
+    """Pillow's filter in two 1-D passes, each rounded to uint8 levels, in Pillow's order."""
     model = build_preprocess_model(spec_of(DEFAULT))
     onnx.checker.check_model(model, full_check=True)
-    attrs = resize_attrs(model)
-    assert attrs["name"] == RESIZE_NODE
-    assert attrs["mode"] == b"cubic"
-    assert attrs["antialias"] == 1
-    assert attrs["cubic_coeff_a"] == pytest.approx(-0.5)
-    assert attrs["exclude_outside"] == 1
-    assert attrs["coordinate_transformation_mode"] == b"half_pixel"
-    assert attrs["axes"] == [1, 2]  # H, W of NHWC: one 2-D resize
+    assert not [n for n in model.graph.node if n.op_type == "Resize"]  # all inside the If
+    assert_pillow_passes(model.graph, b"cubic")
 
 
 def test_bilinear_model_gets_linear_resize():
-    attrs = resize_attrs(build_preprocess_model(spec_of(BILINEAR)))
-    assert attrs["mode"] == b"linear" and attrs["antialias"] == 1
+    assert_pillow_passes(build_preprocess_model(spec_of(BILINEAR)).graph, b"linear")
 
 
 def test_seed_resize_is_torch_bicubic_without_antialias():
@@ -172,13 +200,17 @@ def test_old_opset_and_bad_image_size_are_refused():
 
 @pytest.mark.parametrize("name", ALL_CONFIGS)
 def test_baked_graph_matches_timm_on_photos(name, fixture_images):
-    """All fixture photos (several sizes) through ONE session: within 1 level on >= 99.9%."""
+    """All fixture photos (several sizes) through ONE session: the issue's bound (within 1 level
+    on >= 99.9%, mean <= 0.25), and what Pillow's two passes give (measured: max 1 level, mean
+    <= 0.0017 on every config; the former single 2-D Resize: max 1-9, mean 0.11-0.16)."""
     spec = spec_of(name)
     images = list(fixture_images.values())
     sess = session(build_preprocess_model(spec))
     got = run_each(sess, [np.asarray(im) for im in images])
     assert got.shape == (len(images), 3, *spec.input_size)
-    assert_within_bound(level_diff(got, timm_reference(spec, images), spec), name)
+    diff = level_diff(got, timm_reference(spec, images), spec)
+    assert_within_bound(diff, name)
+    assert diff.max <= 1.0 + 1e-3 and diff.mean <= 0.01, f"{name}: {diff}"
 
 
 def _pattern(h: int, w: int) -> Image.Image:
@@ -207,6 +239,49 @@ def test_baked_geometry_matches_timm_for_many_sizes(name):
     for i, size in enumerate(SIZES):
         diff = level_diff(got[i : i + 1], want[i : i + 1], spec)
         assert_within_bound(diff, f"{name} {size}")
+
+
+# Pillow's pass order matters on noise (cubic overshoot clipped between the passes): sizes
+# where Pillow goes vertical first and where it goes horizontal first, for the default config.
+ORDER_SIZES = [(1571, 292), (2000, 300), (300, 400), (292, 1571), (200, 150), (88, 88)]
+
+
+@pytest.mark.parametrize("name", [DEFAULT, BILINEAR, SQUASH])
+def test_baked_graph_follows_pillows_pass_order_on_noise(name):
+    """Uniform noise, both pass orders: within 2 levels, mean <= 0.05 (measured: max 2, mean
+    0.037 on bilinear, exact halves that float32 weights round either way; a single 2-D Resize,
+    or the wrong order, is off by ~20 levels on bicubic)."""
+    spec = spec_of(name)
+    sess = session(build_preprocess_model(spec))
+    transform = timm_transform(spec.as_data_config())
+    rng = np.random.default_rng(11)
+    orders = set()
+    for h, w in ORDER_SIZES:
+        orders.add(pass_order(h, w, *spec.resized_size(h, w)))
+        x = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        got = sess.run([OUTPUT_NAME], {INPUT_NAME: x[None]})[0]
+        diff = level_diff(got, transform(Image.fromarray(x)).numpy()[None], spec)
+        assert diff.max <= 2.0 + 1e-3 and diff.mean <= 0.05, f"{name} {h}x{w}: {diff}"
+    if name != SQUASH:  # squash upscales 1571x292 in width: horizontal first there
+        assert orders == {"vh", "hv"}
+
+
+# 1 px sides and 20:1 aspect ratios (the property tests' extremes); squash also takes 2000:1.
+EDGE_SIZES = [(1, 1), (1, 2), (2, 1), (1, 20), (20, 1), (3, 60), (60, 3), (100, 2000), (2000, 100)]
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_baked_graph_handles_tiny_and_extreme_images(name):
+    spec = spec_of(name)
+    sizes = EDGE_SIZES + ([(1, 2000), (2000, 1)] if spec.crop_mode == "squash" else [])
+    sess = session(build_preprocess_model(spec))
+    transform = timm_transform(spec.as_data_config())
+    rng = np.random.default_rng(5)
+    for h, w in sizes:
+        x = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        got = sess.run([OUTPUT_NAME], {INPUT_NAME: x[None]})[0]
+        diff = level_diff(got, transform(Image.fromarray(x)).numpy()[None], spec)
+        assert diff.max <= 2.0 + 1e-3 and diff.mean <= 0.05, f"{name} {h}x{w}: {diff}"
 
 
 # --- separable graph ----------------------------------------------------------------------------
@@ -344,9 +419,9 @@ def assert_same_top5(got: np.ndarray, want: np.ndarray, names: Sequence[str], wh
     """Same top-1; same top-5 set, except that a class may trade places with a near-tie.
 
     A class in one top-5 but not the other must have a PyTorch probability within NEAR_TIE
-    (relative) of PyTorch's 5th: astronaut.jpg's 5th and 6th (2.76% vs 2.62%) swap under the
-    one-node Resize, which skips Pillow's rounding between its two passes (about 0.14 levels
-    on average), while the separable graph, which rounds between passes, keeps them in order.
+    (relative) of PyTorch's 5th: astronaut.jpg's 5th and 6th (2.76% vs 2.62%) swapped under the
+    former one-node Resize, which skipped Pillow's rounding between its two passes (about 0.14
+    levels on average). The tolerance stays: any float32 graph can flip such a near-tie.
     """
     (ours,), (ref,) = top_k(got, names), top_k(want, names)
     assert ours[0].index == ref[0].index, f"{what}: top-1 {ours[0]} vs {ref[0]}"
@@ -365,10 +440,7 @@ def test_merged_baked_model_predicts_like_pytorch_with_timm(
     proto = onnx.load(str(art.file(MODEL_FILE)))
     assert [i.name for i in proto.graph.input] == [INPUT_NAME]
     assert [o.name for o in proto.graph.output] == ["logits"]
-    attrs = resize_attrs(proto)  # the Resize node survives the merge unchanged
-    assert (attrs["mode"], attrs["antialias"], attrs["exclude_outside"]) == (b"cubic", 1, 1)
-    assert attrs["cubic_coeff_a"] == pytest.approx(-0.5)
-    assert attrs["coordinate_transformation_mode"] == b"half_pixel"
+    assert_pillow_passes(proto.graph, b"cubic")  # the Resize passes survive the merge
 
     sess = merged_session(art)
     transform = timm_transform(model_bundle.data_config)

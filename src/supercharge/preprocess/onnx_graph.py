@@ -6,7 +6,8 @@ Three variants share one set of helpers (cast, round/clip, pad/crop, normalise):
 
 - `build_preprocess_model`: the "baked" graph. One graph for every image size: the resize
   target, padding and crop origin are computed inside it from the runtime shape, exactly as
-  `PreprocessSpec.geometry` does in Python.
+  `PreprocessSpec.geometry` does in Python; Pillow's two 1-D passes are two Resize nodes with
+  rounding between them, in the order Pillow takes for that shape (an If node).
 - `build_seed_model`: the blog post's baked preprocessing, kept on purpose to measure its cost.
 - `build_separable_model`: Pillow's two 1-D passes as two MatMuls with Pillow's own weights, for
   one fixed image size; TensorRT can run it whole (it rejects antialiased Resize).
@@ -22,7 +23,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from supercharge.preprocess import pil_resample
-from supercharge.preprocess.array_impl import pass_order
+from supercharge.preprocess.array_impl import _PILLOW_MAJOR, pass_order
 from supercharge.preprocess.spec import PreprocessSpec
 
 INPUT_NAME = "image"
@@ -61,11 +62,28 @@ class _Graph:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
-        self._count = 0
+        self._count = [0]  # shared with branches: names stay unique across subgraphs
 
     def _name(self, hint: str) -> str:
-        self._count += 1
-        return f"{hint}_{self._count}"
+        self._count[0] += 1
+        return f"{hint}_{self._count[0]}"
+
+    def branch(self) -> _Graph:
+        """A builder for an If branch, naming from the same counter (names stay unique).
+
+        The branch keeps its own constants: onnx.compose.merge_models (onnx 1.23) prefixes a
+        subgraph before it learns the outer initializers' new names, so a branch that read an
+        outer initializer would point at a name that no longer exists after a merge. Outer node
+        outputs are renamed correctly and may be read.
+        """
+        sub = _Graph()
+        sub._count = self._count
+        return sub
+
+    def subgraph(self, name: str, output: str) -> onnx.GraphProto:
+        """This builder's nodes and constants as an If branch: no inputs, one float output."""
+        out_info = helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
+        return helper.make_graph(self.nodes, name, [], [out_info], initializer=self.initializers)
 
     def const(self, value: Any, dtype: Any, hint: str = "const") -> str:
         name = self._name(hint)
@@ -221,16 +239,91 @@ def _dynamic_pad_crop(g: _Graph, sizes: str, spec: PreprocessSpec) -> tuple[str 
     return pads, g.op("Cast", half, to=TensorProto.INT64)
 
 
+def _resize_pass(g: _Graph, x: str, size: str, axis: int, spec: PreprocessSpec, tag: str) -> str:
+    """One Pillow 1-D pass over NHWC `axis` (1: vertical, 2: horizontal), then round + clip."""
+    x = g.op(
+        "Resize",
+        x,
+        "",
+        "",
+        size,
+        name=f"{RESIZE_NODE}_{tag}",
+        axes=[axis],
+        coordinate_transformation_mode="half_pixel",
+        **RESIZE_ATTRS[spec.interpolation],
+    )
+    return _round_clip(g, x)
+
+
+def _pillow_resize(g: _Graph, x: str, hw: str, sizes: str, spec: PreprocessSpec) -> str:
+    """Float NHWC x (uint8 levels) resized to `sizes` (int64 [2]) the way Pillow does it.
+
+    Pillow resamples in two 1-D passes and rounds and clips to uint8 after each one; on sharp
+    content (noise, dithered palette images) cubic overshoot clipped between the passes moves
+    results by up to ~25 levels, which one 2-D Resize cannot reproduce. Pillow >= 13 runs the
+    vertical pass first when the height shrinks by more than twice as many pixels as the width
+    (array_impl.pass_order); the order depends on the runtime size, so an If node picks it.
+    NEAREST picks pixels (no arithmetic, nothing to round): one 2-D Resize is exact.
+    """
+    if spec.interpolation == "nearest":
+        return g.op(
+            "Resize",
+            x,
+            "",
+            "",
+            sizes,
+            name=RESIZE_NODE,
+            axes=[1, 2],
+            coordinate_transformation_mode="half_pixel",
+            **RESIZE_ATTRS[spec.interpolation],
+        )
+    one, two = g.const([1], np.int64, "one"), g.const([2], np.int64, "two")
+    zero = g.const([0], np.int64, "zero")
+    out_h, out_w = g.op("Slice", sizes, zero, one), g.op("Slice", sizes, one, two)
+
+    def passes(b: _Graph, vertical_first: bool) -> str:
+        tag = "vh" if vertical_first else "hv"
+        steps = [(1, out_h, "h"), (2, out_w, "w")]
+        y = x
+        for axis, size, name in steps if vertical_first else steps[::-1]:
+            y = _resize_pass(b, y, size, axis, spec, f"{tag}_{name}")
+        return y
+
+    if _PILLOW_MAJOR < 13:  # horizontal pass first, always (array_impl.pass_order)
+        return passes(g, vertical_first=False)
+    # vertical first iff dh > 0 and dh > 2 * dw, with dh, dw the pixels each side loses
+    lost = g.op("Sub", hw, sizes)
+    dh, dw = g.op("Slice", lost, zero, one), g.op("Slice", lost, one, two)
+    cond = g.op("And", g.op("Greater", dh, zero), g.op("Greater", dh, g.op("Mul", dw, two)))
+    cond = g.op("Squeeze", cond, zero)  # If takes a one-element condition
+    branches = {}
+    for vertical_first in (True, False):
+        b = g.branch()
+        out = passes(b, vertical_first)
+        branches[vertical_first] = b.subgraph(
+            "vertical_first" if vertical_first else "horizontal_first", out
+        )
+    return g.op(
+        "If",
+        cond,
+        name="pillow_pass_order",
+        then_branch=branches[True],
+        else_branch=branches[False],
+    )
+
+
 def build_preprocess_model(
     spec: PreprocessSpec, *, opset: int = 20, ir_version: int | None = None
 ) -> onnx.ModelProto:
     """uint8 NHWC images of any size -> the model's float32 NCHW input, matching timm's PIL path.
 
-    One antialiased 2-D Resize (Pillow's filter), round half up + clip to uint8 levels as Pillow
-    stores them, pad and center crop as spec.geometry, then ToTensor + Normalize with the spec's
-    mean/std. Photos land within 1 level of Pillow on >= 99.9% of values; the rest, and noise,
-    differ where Pillow rounds and clips between its two 1-D passes, which one 2-D Resize cannot
-    (build_separable_model does).
+    The resize is Pillow's: two antialiased 1-D Resize passes (Pillow's filter), each followed
+    by round half up + clip to uint8 levels as Pillow stores them, in Pillow's pass order
+    (`_pillow_resize`); then pad and center crop as spec.geometry, then ToTensor + Normalize
+    with the spec's mean/std. Only float32 arithmetic and Pillow's 22-bit weight quantisation
+    separate it from Pillow: at most 2 levels, within 1 level on >= 99.9% of values, on photos
+    and noise alike; sums that sit on x.5 (frequent in dithered palette images) round either
+    way, up to ~0.24 levels on average there (measured in docs/preprocessing.md).
     """
     _check_opset(opset)
     if spec.interpolation not in RESIZE_ATTRS:
@@ -247,18 +340,7 @@ def build_preprocess_model(
         g.const([3], np.int64, "end"),
     )
     sizes = _resized_size(g, hw, spec)
-    x = g.op(
-        "Resize",
-        x,
-        "",
-        "",
-        sizes,
-        name=RESIZE_NODE,
-        axes=[1, 2],
-        coordinate_transformation_mode="half_pixel",
-        **RESIZE_ATTRS[spec.interpolation],
-    )
-    x = _round_clip(g, x)
+    x = _pillow_resize(g, x, hw, sizes, spec)
     pads, starts = _dynamic_pad_crop(g, sizes, spec)
     _pad_crop_normalise(g, x, spec, _NHWC, pads, starts)
     return g.model(
