@@ -50,19 +50,22 @@ def tolerance_table(pytestconfig):
 
 
 def test_gates(
-    combo, model_bundle, fixture_images, pipeline_for, golden, tolerance_table, suite_results
+    grid_combo, model_bundle, fixture_images, pipeline_for, golden, tolerance_table, suite_results
 ):
     """Top-1, top-5 overlap, cosine and probability errors within the precision's tolerances,
     on each fixture image alone and in one batch of all of them."""
     try:
-        tolerances = tolerance_table.get(combo.precision, combo.preprocess)
+        tolerances = tolerance_table.get(grid_combo.precision, grid_combo.preprocess)
     except SuperchargeError as exc:
         pytest.fail(str(exc), pytrace=False)
+    combo = grid_combo
     pipeline = pipeline_for(combo)
     names, images = list(fixture_images), list(fixture_images.values())
     runs = [(name, "single", pipeline([image])) for name, image in zip(names, images, strict=True)]
     batch = pipeline(images)
-    assert batch.shape[0] == len(images), f"{combo.id}: {batch.shape[0]} rows for {len(images)}"
+    assert batch.shape[0] == len(images), (
+        f"{grid_combo.id}: {batch.shape[0]} rows for {len(images)}"
+    )
     runs += [(name, f"batch of {len(images)}", batch[i]) for i, name in enumerate(names)]
 
     described = pipeline.runner.describe()
@@ -74,10 +77,10 @@ def test_gates(
             class_names=model_bundle.class_names,
             tolerances=tolerances,
             relative_only=is_relative_only(model_bundle),
-            combo=combo.id,
-            backend=combo.backend,
-            preprocess=combo.preprocess,
-            precision=combo.precision,
+            combo=grid_combo.id,
+            backend=grid_combo.backend,
+            preprocess=grid_combo.preprocess,
+            precision=grid_combo.precision,
             image=name,
             mode=mode,
             model=model_bundle.name,
@@ -89,7 +92,7 @@ def test_gates(
     suite_results.accuracy.extend(rows)
     failed = [r for r in rows if r["verdict"] == "fail"]
 
-    expected, why = expected_verdict(combo.preprocess)
+    expected, why = expected_verdict(grid_combo.preprocess)
     if expected == "fail":
         # The gates must catch this pipeline; passing everywhere means they are too loose.
         if not failed:

@@ -1,6 +1,6 @@
 """The benchmark grid: model x backend x preprocessing x precision x batch size.
 
-Parametrized by the plugin (`case` fixture; filters --backends, --preprocess, --precisions,
+Parametrized by the plugin (`grid_case` fixture; filters --backends, --preprocess, --precisions,
 --batch-sizes). Pipelines are built (exports, engine builds, session creation, warm-up per
 batch size) before any timing; GPU runners synchronise the device inside every timed call.
 Two groups: end to end (decoded uint8 images in, host logits out) and the model alone (inputs
@@ -18,26 +18,31 @@ IMAGE = "coffee.png"  # one photo repeated: every batch is one size, as a camera
 
 
 @pytest.fixture
-def images(fixture_images, case):
-    return [fixture_images[IMAGE]] * case.batch_size
+def images(fixture_images, grid_case):
+    return [fixture_images[IMAGE]] * grid_case.batch_size
 
 
-def test_end_to_end(benchmark, case, images, pipeline_for, suite_results, model_bundle):
-    pipeline = pipeline_for(case.combo)
+def test_end_to_end(benchmark, grid_case, images, pipeline_for, suite_results, model_bundle):
+    pipeline = pipeline_for(grid_case.combo)
     logits = time_call(
-        benchmark, lambda: pipeline(images), case, END_TO_END, pipeline.describe(), suite_results
+        benchmark,
+        lambda: pipeline(images),
+        grid_case,
+        END_TO_END,
+        pipeline.describe(),
+        suite_results,
     )
-    assert logits.shape == (case.batch_size, len(model_bundle.class_names))
+    assert logits.shape == (grid_case.batch_size, len(model_bundle.class_names))
 
 
-def test_model_alone(benchmark, case, images, pipeline_for, suite_results):
-    pipeline = pipeline_for(case.combo)
+def test_model_alone(benchmark, grid_case, images, pipeline_for, suite_results):
+    pipeline = pipeline_for(grid_case.combo)
     placed = pipeline.placed_batches(images)  # preprocessing and upload, outside the timing
     run = pipeline.runner.run_placed
     time_call(
         benchmark,
         lambda: [run(p) for p in placed],
-        case,
+        grid_case,
         MODEL_ONLY,
         pipeline.describe(),
         suite_results,

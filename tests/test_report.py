@@ -53,7 +53,7 @@ def test_write_report_writes_tables_json_and_chart(tmp_path):
     names = sorted(p.name for p in written)
     assert names == ["speed.json", "speed.md", "speed.png"]
     assert "| ort-cpu" not in text  # rows are named by case id
-    assert f"{MODEL}-ort-cpu-baked-fp32-bs1" in text and "4.0" in text
+    assert f"{MODEL}-ort-cpu-baked-fp32-bs1" in text and "| 4.00x |" in text
     payload = json.loads((tmp_path / "report" / "speed.json").read_text())
     assert {r["case"] for r in payload["rows"]} >= {f"{MODEL}-torch-cpu-timm-fp32-bs1"}
     assert payload["machine_info"]["cpu_count"] >= 1

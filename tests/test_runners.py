@@ -383,6 +383,20 @@ def test_pipeline_placed_batches_and_describe(tiny, cache, photos):
     json.dumps(info)
 
 
+@pytest.mark.parametrize("preprocess", BAKED)
+def test_baked_feed_batches_same_size_images_in_order(tiny, cache, photos, preprocess):
+    """Same-size images run as one batch (a real bs8), a size change starts the next batch, and
+    the rows come back in the caller's order, equal to running each image alone."""
+    a, b = photos[0], next(p for p in photos if p.size != photos[0].size)
+    images = [a, a, a, b, b, a]
+    pipeline = build_pipeline(tiny, cache, "ort-cpu", preprocess)
+    placed = pipeline.placed_batches(images)
+    assert [p.shape[0] for p in placed] == [3, 2, 1]
+    together = pipeline(images)
+    alone = np.concatenate([pipeline([im]) for im in images])
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
+
+
 def test_cupy_preprocess_without_cupy_is_one_line(tiny, cache):
     if cupy_unavailable_reason() is None:
         pytest.skip("cupy and a GPU are usable here")

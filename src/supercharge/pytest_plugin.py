@@ -3,8 +3,9 @@
 Artifacts come from the cache, so they are built once per session and reused across sessions.
 GPU tests carry the `gpu` marker: where their backend cannot run they skip with the reason, and
 under --require-gpu that skip becomes a failure, so a misconfigured GPU runner cannot pass by
-skipping. Tests that take a `case` (perf/) or `combo` (accuracy/) fixture are parametrized over
-the grid in supercharge.cases, filtered by --backends, --preprocess, --precisions, --batch-sizes.
+skipping. Tests that take a `grid_case` (perf/) or `grid_combo` (accuracy/) argument are
+parametrized over the grid in supercharge.cases, filtered by --backends, --preprocess,
+--precisions, --batch-sizes.
 Timings and agreement rows collected during the session become the report (supercharge.report).
 """
 
@@ -111,8 +112,10 @@ def _grid_selection(config: pytest.Config) -> tuple[list[Any], tuple[int, ...]]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize `combo` (accuracy) and `case` (perf) over the filtered grid."""
-    wanted = [name for name in ("case", "combo") if name in metafunc.fixturenames]
+    """Parametrize `grid_combo` (accuracy) and `grid_case` (perf) over the filtered grid.
+
+    The names are prefixed so a suite's own `case`/`combo` parameters never collide."""
+    wanted = [name for name in ("grid_case", "grid_combo") if name in metafunc.fixturenames]
     if not wanted:
         return
     from supercharge import cases
@@ -126,28 +129,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             return []
         return [pytest.mark.gpu(backend=combo.backend, preprocess=combo.preprocess)]
 
-    if "case" in wanted:
+    if "grid_case" in wanted:
         params = [
             pytest.param(c, id=c.id, marks=marks(c.combo))
             for c in cases.grid(model, combos, batch_sizes)
         ]
-        metafunc.parametrize("case", params)
+        metafunc.parametrize("grid_case", params)
     else:
         params = [pytest.param(c, id=f"{model}-{c.id}", marks=marks(c)) for c in combos]
-        metafunc.parametrize("combo", params)
+        metafunc.parametrize("grid_combo", params)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run each pipeline's grid cases back to back (end to end, then the model alone), so the
     one-pipeline cache in `pipeline_for` builds each pipeline once."""
-    slots = [i for i, item in enumerate(items) if "case" in _params(item)]
+    slots = [i for i, item in enumerate(items) if "grid_case" in _params(item)]
     if not slots:
         return
     combos, _ = _grid_selection(config)
     order = {combo: n for n, combo in enumerate(combos)}
 
     def key(i: int) -> tuple[int, int, int]:
-        case = _params(items[i])["case"]
+        case = _params(items[i])["grid_case"]
         return (order.get(case.combo, len(order)), case.batch_size, i)
 
     reordered = [items[i] for i in sorted(slots, key=key)]

@@ -123,7 +123,11 @@ def speed_markdown(rows: list[dict[str, Any]]) -> str:
             if group == END_TO_END
             else "Model alone (inputs already where the runtime wants them)"
         )
-        parts.append(f"### {title}\n\n{markdown_table(chosen, SPEED_COLUMNS)}")
+        shown = [
+            {**r, "speedup": None if r["speedup"] is None else f"{r['speedup']:.2f}x"}
+            for r in chosen
+        ]
+        parts.append(f"### {title}\n\n{markdown_table(shown, SPEED_COLUMNS)}")
     return "\n\n".join(parts)
 
 

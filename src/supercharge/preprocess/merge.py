@@ -24,7 +24,7 @@ VARIANTS = ("baked", "seed", "separable")
 KIND = "onnx-merged"
 DATA_FILE = MODEL_FILE + ".data"
 GRAPH_REVISION = 2  # bump when onnx_graph.py changes what it builds, so caches rebuild
-# 2: Pillow's two 1-D resize passes, ordered by an If node (branches read outer constants)
+# 2: Pillow's two 1-D resize passes, ordered by an If node (branches hold their own constants)
 _PREFIX = "pre_"
 _PROTOBUF_LIMIT = 2**31 - 1
 _SMALL_ENOUGH = _PROTOBUF_LIMIT - 64 * 2**20  # headroom for the graph around the weights

@@ -1,0 +1,135 @@
+"""The main job end to end, small: the perf grid and the accuracy gates run in a subprocess on a
+tiny random model, and what they leave behind (report, benchmark JSON, skips) is checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from supercharge import gpu
+from supercharge.cli import main as cli_main
+from supercharge.report import END_TO_END, MODEL_ONLY
+
+pytestmark = pytest.mark.slow
+
+GRID = [
+    "--model",
+    "test_efficientnet",
+    "--weights",
+    "random",
+    "--precisions",
+    "fp32",
+    "--batch-sizes",
+    "1,2",
+    "--benchmark-max-time=0.005",
+]
+TARGETS = ("perf", "accuracy/test_gates.py")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    """One run of perf/ and the accuracy gates over torch-cpu, ort-cpu and torch-cuda."""
+    tmp = tmp_path_factory.mktemp("grid")
+    env = {**os.environ, "SUPERCHARGE_ARTIFACT_DIR": str(tmp / "artifacts")}
+    args = [
+        *GRID,
+        "--backends",
+        "torch-cpu,ort-cpu,torch-cuda",
+        "--preprocess",
+        "timm,numpy,baked",
+        "--report-dir",
+        str(tmp / "report"),
+        f"--benchmark-json={tmp / 'bench.json'}",
+        "-rs",
+    ]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "perf",
+            "accuracy/test_gates.py",
+            *args,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return result, tmp
+
+
+def test_grid_run_passes_and_reports_every_cpu_case(grid_run):
+    result, tmp = grid_run
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    rows = json.loads((tmp / "report" / "speed.json").read_text())["rows"]
+    combos = {"torch-cpu-timm", "torch-cpu-numpy", "ort-cpu-timm", "ort-cpu-numpy", "ort-cpu-baked"}
+    expected = {
+        (f"test_efficientnet-{c}-fp32-bs{bs}", group)
+        for c in combos
+        for bs in (1, 2)
+        for group in (END_TO_END, MODEL_ONLY)
+    }
+    assert {(r["case"], r["group"]) for r in rows} == expected
+    for row in rows:
+        assert row["speedup"] is not None, row
+        if row["backend"] == "torch-cpu" and row["preprocess"] == "timm":
+            assert row["speedup"] == 1.0  # the baseline against itself
+        if row["backend"] == "ort-cpu":
+            assert row["providers"] == "CPUExecutionProvider", row
+        assert row["rounds"] >= 10 and row["median_s"] > 0
+    for name in ("speed.md", "speed.png", "accuracy.md", "accuracy.json"):
+        assert (tmp / "report" / name).stat().st_size > 0, name
+    verdicts = json.loads((tmp / "report" / "accuracy.json").read_text())["rows"]
+    assert verdicts and {r["verdict"] for r in verdicts} == {"pass"}
+
+
+def test_grid_run_records_what_ran_in_extra_info(grid_run):
+    _, tmp = grid_run
+    benchmarks = json.loads((tmp / "bench.json").read_text())["benchmarks"]
+    assert benchmarks
+    for bench in benchmarks:
+        info = bench["extra_info"]
+        assert info["case"] in bench["name"] or info["case"] in bench["fullname"]
+        assert info["timed"] in (END_TO_END, MODEL_ONLY)
+        if info["backend"] == "ort-cpu":
+            assert info["providers"][0] == "CPUExecutionProvider"
+            assert info["node_placement"].get("CPUExecutionProvider", 0) > 0
+
+
+def test_grid_run_gates_against_itself(grid_run, capsys):
+    _, tmp = grid_run
+    assert cli_main(["gate", str(tmp / "bench.json"), str(tmp / "bench.json")]) == 0
+    assert "0 failing" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    gpu.backend_unavailable_reason("torch-cuda", "timm") is None, reason="a CUDA device is here"
+)
+def test_gpu_cases_skip_with_the_reason(grid_run):
+    result, _ = grid_run
+    reason = gpu.backend_unavailable_reason("torch-cuda", "timm")
+    skipped = [line for line in result.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert skipped and all(reason in line for line in skipped), result.stdout[-3000:]
+
+
+@pytest.mark.skipif(
+    gpu.backend_unavailable_reason("torch-cuda", "timm") is None, reason="a CUDA device is here"
+)
+def test_require_gpu_turns_the_skips_into_failures(pytester_run):
+    result = pytester_run(
+        "perf", *GRID, "--backends", "torch-cuda", "--preprocess", "timm", "--require-gpu"
+    )
+    assert result.returncode == 1, result.stdout[-3000:]
+    reason = gpu.backend_unavailable_reason("torch-cuda", "timm")
+    assert f"--require-gpu: {reason}" in result.stdout
+    assert " 4 failed" in result.stdout or "4 errors" in result.stdout, result.stdout[-2000:]
