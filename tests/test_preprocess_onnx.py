@@ -104,7 +104,7 @@ def assert_pillow_passes(graph: onnx.GraphProto, mode: bytes) -> None:
     """Two 1-D antialiased passes per branch: vertical first in one, horizontal in the other."""
     passes = baked_resizes(graph)
     axes = {name: [r["axes"] for r in rs] for name, rs in passes.items()}
-    assert axes == {"vertical_first": [[1], [2]], "horizontal_first": [[2], [1]]}  # NHWC
+    assert axes == {"vertical_first": [[2], [3]], "horizontal_first": [[3], [2]]}  # NCHW
     for attrs in (r for rs in passes.values() for r in rs):
         assert RESIZE_NODE in attrs["name"]  # merge_models prefixes it
         assert attrs["mode"] == mode and attrs["antialias"] == 1

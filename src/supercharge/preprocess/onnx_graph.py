@@ -52,7 +52,6 @@ class _Layout:
     to_nchw: tuple[int, ...] | None  # Transpose perm to NCHW, None when already NCHW
 
 
-_NHWC = _Layout((1, 2), (3,), (0, 3, 1, 2))
 _NCHW = _Layout((2, 3), (1, 3, 1, 1), None)
 
 
@@ -240,8 +239,8 @@ def _dynamic_pad_crop(g: _Graph, sizes: str, spec: PreprocessSpec) -> tuple[str 
 
 
 def _resize_pass(g: _Graph, x: str, size: str, axis: int, spec: PreprocessSpec, tag: str) -> str:
-    """One Pillow 1-D pass over NHWC `axis` (1: vertical, 2: horizontal), then round + clip."""
-    x = g.op(
+    """One Pillow 1-D antialiased pass over NCHW `axis` (2: vertical, 3: horizontal)."""
+    return g.op(
         "Resize",
         x,
         "",
@@ -252,56 +251,71 @@ def _resize_pass(g: _Graph, x: str, size: str, axis: int, spec: PreprocessSpec, 
         coordinate_transformation_mode="half_pixel",
         **RESIZE_ATTRS[spec.interpolation],
     )
-    return _round_clip(g, x)
 
 
-def _pillow_resize(g: _Graph, x: str, hw: str, sizes: str, spec: PreprocessSpec) -> str:
-    """Float NHWC x (uint8 levels) resized to `sizes` (int64 [2]) the way Pillow does it.
+def _pillow_resize(
+    g: _Graph, x: str, hw: str, sizes: str, window: tuple[str, str], spec: PreprocessSpec
+) -> str:
+    """Float NCHW x (uint8 levels) resized to `sizes` (int64 [2]) the way Pillow does it, keeping
+    only the crop `window` ([begin, end) per (h, w), in resized coordinates).
 
     Pillow resamples in two 1-D passes and rounds and clips to uint8 after each one; on sharp
     content (noise, dithered palette images) cubic overshoot clipped between the passes moves
     results by up to ~25 levels, which one 2-D Resize cannot reproduce. Pillow >= 13 runs the
     vertical pass first when the height shrinks by more than twice as many pixels as the width
     (array_impl.pass_order); the order depends on the runtime size, so an If node picks it.
+    Each output row or column of a 1-D pass depends only on its own input line, so cropping the
+    first pass's axis before the second pass is exact and spares the second pass the rows or
+    columns the center crop throws away (~0.6 ms of 1.7 on a 400x600 photo).
     NEAREST picks pixels (no arithmetic, nothing to round): one 2-D Resize is exact.
     """
+    begin, end = window
     if spec.interpolation == "nearest":
-        return g.op(
+        x = g.op(
             "Resize",
             x,
             "",
             "",
             sizes,
             name=RESIZE_NODE,
-            axes=[1, 2],
+            axes=[2, 3],
             coordinate_transformation_mode="half_pixel",
             **RESIZE_ATTRS[spec.interpolation],
         )
+        return g.op("Slice", x, begin, end, g.const([2, 3], np.int64, "axes"))
     one, two = g.const([1], np.int64, "one"), g.const([2], np.int64, "two")
     zero = g.const([0], np.int64, "zero")
-    out_h, out_w = g.op("Slice", sizes, zero, one), g.op("Slice", sizes, one, two)
+
+    def part(t: str, index: int) -> str:
+        return g.op("Slice", t, zero if index == 0 else one, one if index == 0 else two)
+
+    out = {"h": part(sizes, 0), "w": part(sizes, 1)}
+    lo = {"h": part(begin, 0), "w": part(begin, 1)}
+    hi = {"h": part(end, 0), "w": part(end, 1)}
 
     def passes(b: _Graph, vertical_first: bool) -> str:
         tag = "vh" if vertical_first else "hv"
-        steps = [(1, out_h, "h"), (2, out_w, "w")]
+        steps = [(2, "h"), (3, "w")]
         y = x
-        for axis, size, name in steps if vertical_first else steps[::-1]:
-            y = _resize_pass(b, y, size, axis, spec, f"{tag}_{name}")
+        for axis, name in steps if vertical_first else steps[::-1]:
+            y = _resize_pass(b, y, out[name], axis, spec, f"{tag}_{name}")
+            y = b.op("Slice", y, lo[name], hi[name], b.const([axis], np.int64, "axis"))
+            y = _round_clip(b, y)
         return y
 
     if _PILLOW_MAJOR < 13:  # horizontal pass first, always (array_impl.pass_order)
         return passes(g, vertical_first=False)
     # vertical first iff dh > 0 and dh > 2 * dw, with dh, dw the pixels each side loses
     lost = g.op("Sub", hw, sizes)
-    dh, dw = g.op("Slice", lost, zero, one), g.op("Slice", lost, one, two)
+    dh, dw = part(lost, 0), part(lost, 1)
     cond = g.op("And", g.op("Greater", dh, zero), g.op("Greater", dh, g.op("Mul", dw, two)))
     cond = g.op("Squeeze", cond, zero)  # If takes a one-element condition
     branches = {}
     for vertical_first in (True, False):
         b = g.branch()
-        out = passes(b, vertical_first)
+        result = passes(b, vertical_first)
         branches[vertical_first] = b.subgraph(
-            "vertical_first" if vertical_first else "horizontal_first", out
+            "vertical_first" if vertical_first else "horizontal_first", result
         )
     return g.op(
         "If",
@@ -332,7 +346,8 @@ def build_preprocess_model(
             f"baked preprocessing supports {', '.join(RESIZE_ATTRS)}"
         )
     g = _Graph()
-    x = _to_float(g, INPUT_NAME)
+    # uint8 transposes at a quarter of float32's bytes; NCHW resizes faster than NHWC in ORT
+    x = _to_float(g, g.op("Transpose", INPUT_NAME, perm=[0, 3, 1, 2]))
     hw = g.op(
         "Slice",
         g.op("Shape", INPUT_NAME),
@@ -340,9 +355,12 @@ def build_preprocess_model(
         g.const([3], np.int64, "end"),
     )
     sizes = _resized_size(g, hw, spec)
-    x = _pillow_resize(g, x, hw, sizes, spec)
     pads, starts = _dynamic_pad_crop(g, sizes, spec)
-    _pad_crop_normalise(g, x, spec, _NHWC, pads, starts)
+    # the crop in resized coordinates: where an axis gets padded, its start is 0 and it keeps
+    # the whole resized extent; elsewhere it keeps input_size from the start
+    end = g.op("Add", starts, g.op("Min", sizes, g.const(spec.input_size, np.int64, "crop_size")))
+    x = _pillow_resize(g, x, hw, sizes, (starts, end), spec)
+    _pad_crop_normalise(g, x, spec, _NCHW, pads, None)
     return g.model(
         "preprocess",
         [_image_input("H", "W")],

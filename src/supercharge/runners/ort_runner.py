@@ -48,19 +48,25 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def session_options(threads: int | None = None, profile_prefix: str | None = None) -> Any:
-    """Tuned options: full graph optimisation, one intra-op thread per core, no spinning.
+def session_options(
+    threads: int | None = None, profile_prefix: str | None = None, spinning: bool = False
+) -> Any:
+    """Tuned options: full graph optimisation, one intra-op thread per core, spinning as asked.
 
-    Spinning threads keep burning the cores after each run and slow whatever runs next in the
-    process (measured in GUIDE.md), so it is off. With `profile_prefix` the session profiles its
-    runs until end_profiling(), which is how node placement is read (see profiled_placement).
+    Spinning intra-op threads keep burning the cores for a while after each run: that steals
+    them from host work between runs (PIL or numpy preprocessing) but saves the wake-up when run
+    follows run. Measured (lite0, 2 cores, bs1, docs/results/ort-cpu-spinning.md): preprocessing
+    on the host between runs 6.2-7.6 ms without spinning, 8.0 ms with it; baked preprocessing,
+    run after run, 4.8-6.3 ms without, 4.0-4.3 ms with. Hence off by default and on for baked
+    graphs (runners.base). With `profile_prefix` the session profiles its runs until
+    end_profiling(), which is how node placement is read (see profiled_placement).
     """
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = threads or cores()
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     # Lets assigned_nodes() read which ONNX nodes each EP took (ORT >= 1.32; ignored before).
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     if profile_prefix is not None:
@@ -215,6 +221,7 @@ class OrtRunner(Runner):
         batch_sizes: Sequence[int] = (1,),
         threads: int | None = None,
         input_shape: Sequence[int] | None = None,
+        spinning: bool = False,
     ) -> None:
         self.model_path = Path(model_path)
         self.backend = backend
@@ -234,6 +241,7 @@ class OrtRunner(Runner):
         self.cuda_graph = cuda_graph
         self.batch_sizes = _check_batch_sizes(batch_sizes)
         self.threads = threads
+        self.spinning = spinning
         self.input_shape = tuple(int(d) for d in input_shape) if input_shape else None
         self.session: Any = None
         self.node_placement: dict[str, int] = {}
@@ -264,7 +272,7 @@ class OrtRunner(Runner):
         with tempfile.TemporaryDirectory(prefix="supercharge-ort-profile-") as profile_dir:
             prefix = str(Path(profile_dir) / "ort") if profile else None
             session = create_session(
-                self.model_path, providers, session_options(self.threads, prefix)
+                self.model_path, providers, session_options(self.threads, prefix, self.spinning)
             )
             inp, out = session.get_inputs()[0], session.get_outputs()[0]
             self._input, self._output = inp.name, out.name
@@ -428,6 +436,7 @@ class OrtRunner(Runner):
             "cuda_graph": self.cuda_graph,
             "batch_sizes": list(self.batch_sizes),
             "threads": self.threads or cores(),
+            "spinning": self.spinning,
             "onnxruntime": ort.__version__,
             "model": str(self.model_path),
         }
