@@ -65,6 +65,9 @@ def test_machine_info_names_the_cpu_and_runtime_versions():
     info = machine_info()
     assert info["cpu_model"] and info["torch"] and info["onnxruntime"] and info["timm"]
     assert "onnx" in info and "tensorrt" in info
+    import torch
+
+    assert info["torch_cuda_build"] == torch.version.cuda  # "13.0" here, GPU or not
 
 
 def test_round_plan_fills_the_budget_within_bounds():

@@ -181,6 +181,15 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _torch_cuda_build() -> str | None:
+    """The CUDA version torch was built for (None: a CPU-only build), GPU or not."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.version.cuda
+
+
 def machine_info() -> dict[str, Any]:
     """What a compared run needs to know: CPU, GPU, driver and every runtime's version."""
     from supercharge.gpu import gpu_info
@@ -198,6 +207,7 @@ def machine_info() -> dict[str, Any]:
         "tensorrt": _version("tensorrt") or _version("tensorrt-cu13"),
         "pillow": _version("pillow"),
         "numpy": _version("numpy"),
+        "torch_cuda_build": _torch_cuda_build(),
     }
     info.update(gpu_info())
     return info
