@@ -101,6 +101,11 @@ def test_grid_run_records_what_ran_in_extra_info(grid_run):
         info = bench["extra_info"]
         assert info["case"] in bench["name"] or info["case"] in bench["fullname"]
         assert info["timed"] in (END_TO_END, MODEL_ONLY)
+        assert info["backend"] in ("torch-cpu", "ort-cpu") and info["precision"] == "fp32"
+        assert info["preprocess"] in ("timm", "numpy", "baked")
+        assert info["batch_size"] in (1, 2) and info["case"].endswith(f"bs{info['batch_size']}")
+        per_s = info["batch_size"] / bench["stats"]["median"]
+        assert info["images_per_s"] == pytest.approx(per_s, rel=1e-3)
         if info["backend"] == "ort-cpu":
             assert info["providers"][0] == "CPUExecutionProvider"
             assert info["node_placement"].get("CPUExecutionProvider", 0) > 0

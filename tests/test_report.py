@@ -11,6 +11,7 @@ from supercharge.report import (
     SuiteResults,
     Timing,
     machine_info,
+    speed_markdown,
     speed_rows,
     write_report,
 )
@@ -75,3 +76,21 @@ def test_round_plan_fills_the_budget_within_bounds():
     assert plan_rounds(1.0, 1.0) == 10  # slow cases still get a comparable median
     assert plan_rounds(1e-7, 1.0) == 1000
     assert plan_rounds(0.5, 1.0, min_rounds=30) == 30
+
+
+def test_a_busy_baseline_flags_its_speedups_as_noisy():
+    calm = sample().timings
+    rows = speed_rows(calm)
+    assert not any(r["noisy"] for r in rows)
+    assert "(noisy)" not in speed_markdown(rows)
+    busy = [
+        Timing(t.case, t.group, t.median_s, t.median_s * 0.3, t.rounds, t.ran)
+        if t.case.combo.backend == "torch-cpu" and t.group == END_TO_END
+        else t
+        for t in calm
+    ]
+    rows = {(r["case"], r["group"]): r for r in speed_rows(busy)}
+    assert rows[(f"{MODEL}-ort-cpu-baked-fp32-bs1", END_TO_END)]["noisy"]
+    assert not rows[(f"{MODEL}-ort-cpu-baked-fp32-bs1", MODEL_ONLY)]["noisy"]
+    text = speed_markdown(list(rows.values()))
+    assert "| 4.00x (noisy) |" in text and "rerun before trusting" in text

@@ -65,15 +65,25 @@ class SuiteResults:
         return not self.timings and not self.accuracy
 
 
+# A speedup whose case or baseline spreads wider than this (IQR / median) is flagged: on a shared
+# machine one busy second can double a median (seen: a 20 ms baseline measured at 43 ms).
+NOISY_SPREAD = 0.10
+
+
+def _spread(t: Timing) -> float:
+    return t.iqr_s / t.median_s if t.median_s > 0 else 0.0
+
+
 def speed_rows(timings: list[Timing]) -> list[dict[str, Any]]:
     """One row per timing with its speedup over the matching baseline (None when the baseline
-    was not run in this session: a ratio across sessions would not be honest)."""
-    baselines = {
-        (t.case.model, t.case.combo, t.case.batch_size, t.group): t.median_s for t in timings
-    }
+    was not run in this session: a ratio across sessions would not be honest); `noisy` when the
+    case's or the baseline's rounds spread more than NOISY_SPREAD."""
+    baselines = {(t.case.model, t.case.combo, t.case.batch_size, t.group): t for t in timings}
     rows = []
     for t in timings:
-        base = baselines.get((t.case.model, t.case.combo.baseline(), t.case.batch_size, t.group))
+        b = baselines.get((t.case.model, t.case.combo.baseline(), t.case.batch_size, t.group))
+        base = None if b is None else b.median_s
+        noisy = max(_spread(t), _spread(b) if b is not None else 0.0) > NOISY_SPREAD
         ran = t.ran.get("providers") or [t.ran.get("device", t.case.combo.device)]
         rows.append(
             {
@@ -89,6 +99,7 @@ def speed_rows(timings: list[Timing]) -> list[dict[str, Any]]:
                 "rounds": t.rounds,
                 "providers": ",".join(ran[:1]),
                 "node_placement": t.ran.get("node_placement", {}),
+                "noisy": noisy,
             }
         )
     return rows
@@ -124,10 +135,21 @@ def speed_markdown(rows: list[dict[str, Any]]) -> str:
             else "Model alone (inputs already where the runtime wants them)"
         )
         shown = [
-            {**r, "speedup": None if r["speedup"] is None else f"{r['speedup']:.2f}x"}
+            {
+                **r,
+                "speedup": None
+                if r["speedup"] is None
+                else f"{r['speedup']:.2f}x" + (" (noisy)" if r.get("noisy") else ""),
+            }
             for r in chosen
         ]
         parts.append(f"### {title}\n\n{markdown_table(shown, SPEED_COLUMNS)}")
+    if any(r.get("noisy") and r["speedup"] is not None for r in rows):
+        parts.append(
+            f"(noisy): the case's or its baseline's rounds spread (IQR) more than "
+            f"{NOISY_SPREAD:.0%} of the median, so the machine was busy: rerun before trusting "
+            "that ratio."
+        )
     return "\n\n".join(parts)
 
 
