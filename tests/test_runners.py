@@ -36,8 +36,10 @@ from supercharge.runners.ort_runner import (
     OrtRunner,
     ProviderError,
     assigned_nodes,
+    cuda_array_binding,
     profiled_placement,
     session_options,
+    to_ortvalue,
 )
 from supercharge.runners.ort_trt import OrtTrtRunner, TrtProfile, engine_cache_dir
 from supercharge.runners.quantize import KIND as INT8_KIND
@@ -309,11 +311,56 @@ def test_fixed_buffer_slots_replay_on_cpu(tiny_onnx, batch, monkeypatch):
     slot = runner._slots[tuple(batch.shape)]
     address = slot.input.ctypes.data
     ids = {s.run_options.get_run_config_entry("gpu_graph_id") for s in runner._slots.values()}
-    assert ids == {"0", "1"}
+    assert ids == {"1", "2"}  # 0 is ORT's default id, reserved for its internal use
     for x in (batch, batch[::-1].copy()):
         got = runner.to_host(runner.run_placed(runner.place(x)))
         np.testing.assert_allclose(got, reference.run(x), rtol=1e-6, atol=1e-9)
     assert runner._slots[tuple(batch.shape)].input.ctypes.data == address
+
+
+class _HostCudaArray:
+    """A host array posing as a CUDA one (cupy, torch): __cuda_array_interface__ over numpy
+    memory, so the bind-by-address path runs on the CPU EP."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array, self.dtype, self.shape = array, array.dtype, array.shape
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        ai = self.array.__array_interface__
+        return {"version": 3, **{k: ai[k] for k in ("shape", "typestr", "data", "strides")}}
+
+
+def test_cuda_array_binding_reads_the_interface():
+    a = np.zeros((2, 3, 4, 5), np.float32)
+    dtype, shape, address = cuda_array_binding(_HostCudaArray(a))
+    assert (dtype, shape, address) == (np.dtype(np.float32), [2, 3, 4, 5], a.ctypes.data)
+    # explicit C-order strides, and any stride on a size-1 dim, are contiguous too
+    b = np.zeros((1, 3, 4, 5), np.float32)
+    spec = _HostCudaArray(b).__cuda_array_interface__
+    fake = SimpleNamespace(__cuda_array_interface__={**spec, "strides": (7, 80, 20, 4)})
+    assert cuda_array_binding(fake)[1] == [1, 3, 4, 5]
+    with pytest.raises(SuperchargeError) as info:
+        cuda_array_binding(_HostCudaArray(a.transpose(0, 2, 3, 1)))
+    assert "contiguous" in _one_line(info.value)
+
+
+def test_device_batch_is_bound_by_address(tiny_onnx, batch, monkeypatch):
+    """A CUDA batch is bound with IOBinding.bind_input(buffer_ptr=...), not OrtValue.from_dlpack
+    (absent from onnxruntime-gpu before its DLPack wrapper landed): run here on the CPU EP."""
+    monkeypatch.setattr(ort_runner_module, "_synchronize_cupy", lambda: None)
+    reference = OrtRunner(tiny_onnx, batch_sizes=(2,))
+    reference.prepare()
+    runner = OrtRunner(tiny_onnx, io_binding=True, batch_sizes=(2,))
+    runner.prepare()
+    device_batch = _HostCudaArray(np.ascontiguousarray(batch))
+    runner.device = "cuda"  # place() as on a GPU: the device array passes through uncopied
+    assert runner.place(device_batch) is device_batch
+    runner.device = "cpu"  # the binding itself then runs on the CPU EP
+    got = runner.to_host(runner.run_placed(device_batch))
+    np.testing.assert_allclose(got, reference.run(batch), rtol=1e-6, atol=1e-9)
+    # host batches still become OrtValues (a copy for device sessions, as documented)
+    assert to_ortvalue(batch, "cpu").shape() == list(batch.shape)
 
 
 def test_cuda_graph_needs_a_cuda_device(tiny_onnx):

@@ -1,11 +1,12 @@
 """ONNX Runtime on the CUDA execution provider: device-resident IOBinding, strict fp32.
 
-Inputs are bound as device OrtValues (a host batch is copied to the GPU once in place(); a cupy
-batch is wrapped through DLPack without a copy) and outputs stay on the device until to_host(),
-so run_placed() times the model alone. TF32 is off (`use_tf32=0`): fp32 here is the fp32
-reference, like the torch runner's. `cuda_graph=True` sets `enable_cuda_graph=1` and feeds the
-session from fixed-address cupy buffers, one captured graph per input shape (ORT run option
-`gpu_graph_id`); every node must then run on the CUDA EP.
+Inputs are bound in device memory (a host batch is copied to the GPU once in place(); a cupy
+batch is bound by its address, IOBinding.bind_input with buffer_ptr, without a copy) and outputs
+stay on the device until to_host(), so run_placed() times the model alone. TF32 is off
+(`use_tf32=0`): fp32 here is the fp32 reference, like the torch runner's. `cuda_graph=True` sets
+`enable_cuda_graph=1` and feeds the session from fixed-address cupy buffers, one captured graph
+per input shape (ORT run option `gpu_graph_id`, from 1: 0 is ORT's reserved default); every node
+must then run on the CUDA EP.
 
 Option names follow ONNX Runtime's CUDA EP documentation (device_id, use_tf32,
 enable_cuda_graph, cudnn_conv_algo_search, do_copy_in_default_stream).

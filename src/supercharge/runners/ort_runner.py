@@ -165,20 +165,39 @@ def to_host_array(x: Any) -> np.ndarray:
 
 
 def to_ortvalue(x: Any, device: str, device_id: int = 0) -> Any:
-    """An OrtValue on `device`: a host array is copied there, a DLPack device array (cupy) on
-    that device is wrapped without a copy."""
+    """An OrtValue on `device`, the batch copied there through the host. CUDA arrays (cupy)
+    are not wrapped here but bound by address (cuda_array_binding)."""
     import onnxruntime as ort
 
     if isinstance(x, ort.OrtValue):
         return x
-    if device == "cpu" or isinstance(x, np.ndarray):
-        host = np.ascontiguousarray(to_host_array(x))
-        return ort.OrtValue.ortvalue_from_numpy(host, device, device_id)
-    if hasattr(x, "__dlpack__"):
-        return ort.OrtValue.from_dlpack(x)
-    raise SuperchargeError(
-        f"cannot feed a {type(x).__name__} to ONNX Runtime: pass a numpy array or a DLPack array"
-    )
+    host = np.ascontiguousarray(to_host_array(x))
+    return ort.OrtValue.ortvalue_from_numpy(host, device, device_id)
+
+
+def cuda_array_binding(x: Any) -> tuple[np.dtype, list[int], int]:
+    """(element type, shape, device address) of a C-contiguous CUDA array (cupy, torch), read
+    from its __cuda_array_interface__, for IOBinding.bind_input(..., buffer_ptr=address).
+
+    ONNX Runtime documents binding device memory by pointer (IOBinding.bind_input with
+    element_type, shape, buffer_ptr); the public OrtValue.from_dlpack only exists in recent
+    releases, so the pointer is what works on every onnxruntime-gpu this project supports.
+    """
+    cai = x.__cuda_array_interface__
+    dtype, shape = np.dtype(cai["typestr"]), [int(d) for d in cai["shape"]]
+    strides = cai.get("strides")  # None means C-contiguous
+    if strides is not None and 0 not in shape:
+        expected, step = [], dtype.itemsize
+        for d in reversed(shape):
+            expected.append(step)
+            step *= d
+        # A dim of size 1 may carry any stride; every other one must be C order.
+        if any(s != e for d, s, e in zip(shape, strides, expected[::-1], strict=True) if d > 1):
+            raise SuperchargeError(
+                f"a CUDA batch with strides {tuple(strides)} is not C-contiguous: "
+                "make it contiguous (cupy.ascontiguousarray) before binding it"
+            )
+    return dtype, shape, int(cai["data"][0])
 
 
 def import_cupy(why: str) -> Any:
@@ -351,6 +370,7 @@ class OrtRunner(Runner):
             if not getattr(getattr(batch, "flags", None), "c_contiguous", True):
                 batch = import_cupy("a device batch").ascontiguousarray(batch)
             _synchronize_cupy()  # the producer's kernels finish before ORT's stream reads it
+            return batch  # bound by address in run_placed: no copy
         return to_ortvalue(batch, self.device, self.device_id)
 
     def run_placed(self, placed: Any) -> Any:
@@ -363,7 +383,11 @@ class OrtRunner(Runner):
             binding, run_options = slot.binding, slot.run_options
         else:
             slot, binding, run_options = None, self._binding, None
-            binding.bind_ortvalue_input(self._input, placed)
+            if hasattr(placed, "__cuda_array_interface__"):
+                dtype, shape, address = cuda_array_binding(placed)
+                binding.bind_input(self._input, self.device, self.device_id, dtype, shape, address)
+            else:
+                binding.bind_ortvalue_input(self._input, placed)
             binding.bind_output(self._output, self.device, self.device_id)
         binding.synchronize_inputs()
         self.session.run_with_iobinding(binding, run_options)
@@ -392,7 +416,8 @@ class OrtRunner(Runner):
         """The fixed buffers and binding for `shape`: one captured CUDA graph per input shape."""
         slot = self._slots.get(shape)
         if slot is None:
-            slot = self._new_slot(shape, graph_id=len(self._slots))
+            # gpu_graph_id 0 is ORT's default, reserved for internal use; -1 skips capture.
+            slot = self._new_slot(shape, graph_id=len(self._slots) + 1)
             self._slots[shape] = slot
         return slot
 
