@@ -15,7 +15,6 @@ Three variants share one set of helpers (cast, round/clip, pad/crop, normalise):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,16 +42,9 @@ RESIZE_ATTRS: dict[str, dict[str, Any]] = {
 SEED_RESIZE_ATTRS: dict[str, Any] = {"mode": "cubic", "cubic_coeff_a": -0.75, "antialias": 0}
 
 
-@dataclass(frozen=True)
-class _Layout:
-    """Where height, width and channels live, so one tail serves NHWC and NCHW tensors."""
-
-    spatial: tuple[int, int]  # axes of (H, W)
-    channel_shape: tuple[int, ...]  # shape that broadcasts a per-channel vector
-    to_nchw: tuple[int, ...] | None  # Transpose perm to NCHW, None when already NCHW
-
-
-_NCHW = _Layout((2, 3), (1, 3, 1, 1), None)
+# Every graph works on NCHW float after its input step.
+_SPATIAL = (2, 3)  # axes of (H, W)
+_CHANNEL_SHAPE = (1, 3, 1, 1)  # broadcasts a per-channel vector
 
 
 class _Graph:
@@ -159,7 +151,7 @@ def _as_tensor(g: _Graph, value: str | np.ndarray) -> str:
 
 def _normalise(g: _Graph, x: str, mean: tuple[float, ...], std: tuple[float, ...], out: str) -> str:
     """(x / 255 - mean) / std on NCHW, op for op as ToTensor + Normalize do it in float32."""
-    shape = _NCHW.channel_shape
+    shape = _CHANNEL_SHAPE
     x = g.op("Div", x, g.const(255.0, np.float32, "levels"))
     x = g.op("Sub", x, g.const(np.reshape(mean, shape), np.float32, "mean"))
     return g.op("Div", x, g.const(np.reshape(std, shape), np.float32, "std"), out=out)
@@ -169,29 +161,26 @@ def _pad_crop_normalise(
     g: _Graph,
     x: str,
     spec: PreprocessSpec,
-    layout: _Layout,
     pads: str | np.ndarray | None,
     starts: str | np.ndarray | None,
 ) -> str:
-    """Pad (None: never needed), center-crop from `starts` (None: no crop), to NCHW, normalise.
+    """On NCHW x: pad (None: never needed), center-crop from `starts` (None: no crop), normalise.
 
     `pads` is [top, left, bottom, right] and `starts` [top, left], as int64 tensors computed in
     the graph or as constants when the geometry is known in Python.
     """
     if pads is not None:
-        fill = np.asarray(spec.fill, dtype=np.float32).reshape(layout.channel_shape)
+        fill = np.asarray(spec.fill, dtype=np.float32).reshape(_CHANNEL_SHAPE)
         if fill.any():  # Pad takes one scalar: pad x - fill with zeros, then add fill back
             x = g.op("Sub", x, g.const(fill, np.float32, "fill"))
         zero = g.const(0.0, np.float32, "zero")
-        x = g.op("Pad", x, _as_tensor(g, pads), zero, g.const(layout.spatial, np.int64, "axes"))
+        x = g.op("Pad", x, _as_tensor(g, pads), zero, g.const(_SPATIAL, np.int64, "axes"))
         if fill.any():
             x = g.op("Add", x, g.const(fill, np.float32, "fill"))
     if starts is not None:
         begin = _as_tensor(g, starts)
         end = g.op("Add", begin, g.const(spec.input_size, np.int64, "crop_size"))
-        x = g.op("Slice", x, begin, end, g.const(layout.spatial, np.int64, "axes"))
-    if layout.to_nchw is not None:
-        x = g.op("Transpose", x, perm=list(layout.to_nchw))
+        x = g.op("Slice", x, begin, end, g.const(_SPATIAL, np.int64, "axes"))
     return _normalise(g, x, spec.mean, spec.std, out=OUTPUT_NAME)
 
 
@@ -360,7 +349,7 @@ def build_preprocess_model(
     # the whole resized extent; elsewhere it keeps input_size from the start
     end = g.op("Add", starts, g.op("Min", sizes, g.const(spec.input_size, np.int64, "crop_size")))
     x = _pillow_resize(g, x, hw, sizes, (starts, end), spec)
-    _pad_crop_normalise(g, x, spec, _NCHW, pads, None)
+    _pad_crop_normalise(g, x, spec, pads, None)
     return g.model(
         "preprocess",
         [_image_input("H", "W")],
@@ -465,7 +454,7 @@ def build_separable_model(
     pads = np.array([top, left, bottom, right]) if any(geo.pad) else None
     padded = (out_h + top + bottom, out_w + left + right)
     starts = None if padded == geo.out else np.array([geo.top, geo.left])
-    _pad_crop_normalise(g, x, spec, _NCHW, pads, starts)
+    _pad_crop_normalise(g, x, spec, pads, starts)
     return g.model(
         "separable_preprocess",
         [_image_input(in_h, in_w)],
