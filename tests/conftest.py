@@ -37,19 +37,30 @@ PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_pytest(args: tuple[str, ...], artifacts: Path, timeout: int = 900):
+    """Run pytest on this repository in a subprocess with its own artifact dir."""
+    env = {**os.environ, "SUPERCHARGE_ARTIFACT_DIR": str(artifacts)}
+    return subprocess.run(
+        [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @pytest.fixture
 def pytester_run(tmp_path):
     """Run pytest on this repository in a subprocess (own artifact dir); returns the result."""
 
     def run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-        env = {**os.environ, "SUPERCHARGE_ARTIFACT_DIR": str(tmp_path / "artifacts")}
-        return subprocess.run(
-            [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return run_pytest(args, tmp_path / "artifacts", timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def suite_in_subprocess():
+    """run_pytest, for module-scoped fixtures that run the suite once and share the result."""
+    return run_pytest

@@ -4,10 +4,6 @@ tiny random model, and what they leave behind (report, benchmark JSON, skips) is
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -29,15 +25,14 @@ GRID = [
     "--benchmark-max-time=0.005",
 ]
 TARGETS = ("perf", "accuracy/test_gates.py")
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def grid_run(tmp_path_factory):
+def grid_run(tmp_path_factory, suite_in_subprocess):
     """One run of perf/ and the accuracy gates over torch-cpu, ort-cpu and torch-cuda."""
     tmp = tmp_path_factory.mktemp("grid")
-    env = {**os.environ, "SUPERCHARGE_ARTIFACT_DIR": str(tmp / "artifacts")}
-    args = [
+    args = (
+        *TARGETS,
         *GRID,
         "--backends",
         "torch-cpu,ort-cpu,torch-cuda",
@@ -47,25 +42,8 @@ def grid_run(tmp_path_factory):
         str(tmp / "report"),
         f"--benchmark-json={tmp / 'bench.json'}",
         "-rs",
-    ]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-p",
-            "no:cacheprovider",
-            "perf",
-            "accuracy/test_gates.py",
-            *args,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
     )
-    return result, tmp
+    return suite_in_subprocess(args, tmp / "artifacts"), tmp
 
 
 def test_grid_run_passes_and_reports_every_cpu_case(grid_run):
