@@ -133,9 +133,10 @@ class ArrayPreprocess:
         parts = []
         for cols, wb in self._weights[key]:
             if axis == 0:  # rows: [out, span] @ [span, W, C]
-                parts.append(xp.tensordot(wb, x[cols].astype(xp.float64), axes=([1], [0])))
+                span = x[cols].astype(xp.float64, copy=False)  # the second pass is float64 already
+                parts.append(xp.tensordot(wb, span, axes=([1], [0])))
             else:  # columns: [H, span, C] -> [H, out, C]
-                span = x[:, cols].astype(xp.float64)
+                span = x[:, cols].astype(xp.float64, copy=False)
                 parts.append(xp.transpose(xp.tensordot(wb, span, axes=([1], [1])), (1, 0, 2)))
         return pil_resample.finish_pass(xp, xp.concatenate(parts, axis=axis))
 
