@@ -24,3 +24,38 @@ def test_banded_blocks_give_the_dense_product_exactly(n_in, n_out, interpolation
     assert sum(b.size for _, _, b in blocks) < wm.size
     if n_in > 2 * n_out:
         assert sum(b.size for _, _, b in blocks) < wm.size / 4
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def test_numpy_preprocessing_runs_blas_on_one_thread_and_restores_it(monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    from supercharge.preprocess.array_impl import ArrayPreprocess
+    from supercharge.preprocess.spec import PreprocessSpec
+
+    spec = PreprocessSpec.from_data_config(
+        {
+            "input_size": (3, 32, 32),
+            "interpolation": "bicubic",
+            "crop_pct": 0.875,
+            "crop_mode": "center",
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+        }
+    )
+    pre = ArrayPreprocess(spec)
+    seen: list[list[int]] = []
+    one = pre.one
+    monkeypatch.setattr(pre, "one", lambda image: (seen.append(_blas_threads()), one(image))[1])
+    image = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    with threadpool_limits(limits=2, user_api="blas"):
+        assert _blas_threads() and set(_blas_threads()) == {2}
+        batch = pre([image, image])
+        assert set(_blas_threads()) == {2}  # the caller's setting is back
+    assert batch.shape == (2, 3, 32, 32) and batch.dtype == np.float32
+    assert seen == [[1] * len(_blas_threads())] * 2  # every image resized with one BLAS thread

@@ -8,6 +8,8 @@ arithmetic is exact; the geometry is spec.py's, which mirrors timm's eval transf
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -56,6 +58,24 @@ def banded_blocks(wm: np.ndarray, block: int = _BLOCK) -> list[tuple[slice, slic
     return blocks
 
 
+@functools.cache
+def _blas_controller() -> Any:
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def single_threaded_blas() -> contextlib.AbstractContextManager:
+    """Host BLAS on the calling thread only, for the length of a `with` block.
+
+    The model runtime that runs next owns the cores. OpenBLAS workers busy-wait after a matmul,
+    so with them the runtime found a core taken: torch-cpu end to end after numpy preprocessing
+    measured 32-48 ms and bimodal, 18-24 ms steady with one BLAS thread (ORT CPU unchanged,
+    7.5 ms; docs/results/cpu-2026-11-29.md). The limit is process-wide while it holds.
+    """
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
 class ArrayPreprocess:
     """The model's eval transform on numpy (host) or cupy (device) arrays."""
 
@@ -67,10 +87,13 @@ class ArrayPreprocess:
         self._std = xp.asarray(np.array(spec.std, dtype=np.float64).reshape(3, 1, 1))
         self._fill = xp.asarray(np.array(spec.fill, dtype=np.float64))
         self._weights: dict[tuple[Any, ...], list[tuple[slice, Any]]] = {}
+        # numpy's matmuls share the host cores with the runtime; cupy's run on the GPU
+        self._threads = single_threaded_blas if xp is np else contextlib.nullcontext
 
     def __call__(self, images: Sequence[Any]) -> Any:
         xp = self.xp
-        return xp.stack([self.one(im) for im in images]).astype(xp.float32)
+        with self._threads():
+            return xp.stack([self.one(im) for im in images]).astype(xp.float32)
 
     def one(self, image: Any) -> Any:
         """One uint8 HWC RGB image (numpy/cupy array or RGB PIL image) -> float64 CHW."""
