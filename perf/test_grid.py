@@ -5,6 +5,8 @@ Parametrized by the plugin (`grid_case` fixture; filters --backends, --preproces
 batch size) before any timing; GPU runners synchronise the device inside every timed call.
 Two groups: end to end (decoded uint8 images in, host logits out) and the model alone (inputs
 already placed where the runtime wants them), so preprocessing and transfer costs are visible.
+Every case's baseline (`baseline_for`) is also timed right before and after it, so its speedup
+is a ratio of neighbours in time, not of cases minutes apart on a drifting machine.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ def images(fixture_images, grid_case):
     return [fixture_images[IMAGE]] * grid_case.batch_size
 
 
-def test_end_to_end(benchmark, grid_case, images, pipeline_for, suite_results, model_bundle):
+def test_end_to_end(
+    benchmark, grid_case, images, pipeline_for, baseline_for, suite_results, model_bundle
+):
     pipeline = pipeline_for(grid_case.combo)
+    baseline = baseline_for(grid_case.combo)
     logits = time_call(
         benchmark,
         lambda: pipeline(images),
@@ -31,14 +36,23 @@ def test_end_to_end(benchmark, grid_case, images, pipeline_for, suite_results, m
         END_TO_END,
         pipeline.describe(),
         suite_results,
+        reference=None if baseline is None else lambda: baseline(images),
     )
     assert logits.shape == (grid_case.batch_size, len(model_bundle.class_names))
 
 
-def test_model_alone(benchmark, grid_case, images, pipeline_for, suite_results):
+def test_model_alone(benchmark, grid_case, images, pipeline_for, baseline_for, suite_results):
     pipeline = pipeline_for(grid_case.combo)
     placed = pipeline.placed_batches(images)  # preprocessing and upload, outside the timing
     run = pipeline.runner.run_placed
+    reference = None
+    baseline = baseline_for(grid_case.combo)
+    if baseline is not None:
+        base_placed, base_run = baseline.placed_batches(images), baseline.runner.run_placed
+
+        def reference():
+            return [base_run(p) for p in base_placed]
+
     time_call(
         benchmark,
         lambda: [run(p) for p in placed],
@@ -46,4 +60,5 @@ def test_model_alone(benchmark, grid_case, images, pipeline_for, suite_results):
         MODEL_ONLY,
         pipeline.describe(),
         suite_results,
+        reference=reference,
     )

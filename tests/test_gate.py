@@ -136,3 +136,16 @@ def test_gate_cli_exit_codes(tmp_path, run_cli):
     assert code == 0
     code, _, err = run_cli("gate", base, tmp_path / "nope.json")
     assert code == 2 and err.count("\n") == 1 and "nope.json: no such file" in err
+
+
+def test_the_paired_speedup_is_judged_where_the_run_recorded_it():
+    # the baseline's own rows moved (the machine drifted between cases) but the speedups timed
+    # around the case held: no regression; and a fallen paired speedup is one
+    base, cur = run(0.040, 0.010), run(0.060, 0.010)
+    base["benchmarks"][1]["extra_info"]["paired_speedup"] = 4.0
+    cur["benchmarks"][1]["extra_info"]["paired_speedup"] = 3.9
+    v = by_key(gate.compare(base, cur))[f"{MODEL}-ort-cpu-baked-fp32-bs1"]
+    assert v.status == "ok" and v.baseline == 4.0 and v.current == 3.9
+    cur["benchmarks"][1]["extra_info"]["paired_speedup"] = 3.0
+    v = by_key(gate.compare(base, cur))[f"{MODEL}-ort-cpu-baked-fp32-bs1"]
+    assert v.status == "regressed" and v.change == pytest.approx(1 / 3)

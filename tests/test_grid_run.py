@@ -62,6 +62,8 @@ def test_grid_run_passes_and_reports_every_cpu_case(grid_run):
         assert row["speedup"] is not None, row
         if row["backend"] == "torch-cpu" and row["preprocess"] == "timm":
             assert row["speedup"] == 1.0  # the baseline against itself
+        else:
+            assert row["speedup_basis"] == "paired", row
         if row["backend"] == "ort-cpu":
             assert row["providers"] == "CPUExecutionProvider", row
         assert row["rounds"] >= 10 and row["median_s"] > 0
@@ -73,8 +75,10 @@ def test_grid_run_passes_and_reports_every_cpu_case(grid_run):
 
 def test_grid_run_records_what_ran_in_extra_info(grid_run):
     _, tmp = grid_run
-    benchmarks = json.loads((tmp / "bench.json").read_text())["benchmarks"]
+    run = json.loads((tmp / "bench.json").read_text())
+    benchmarks = run["benchmarks"]
     assert benchmarks
+    assert run["machine_info"]["malloc"].startswith("hold")  # --malloc hold, the default
     for bench in benchmarks:
         info = bench["extra_info"]
         assert info["case"] in bench["name"] or info["case"] in bench["fullname"]
@@ -87,6 +91,13 @@ def test_grid_run_records_what_ran_in_extra_info(grid_run):
         if info["backend"] == "ort-cpu":
             assert info["providers"][0] == "CPUExecutionProvider"
             assert info["node_placement"].get("CPUExecutionProvider", 0) > 0
+        if (info["backend"], info["preprocess"]) == ("torch-cpu", "timm"):
+            assert "paired_speedup" not in info  # the baseline is not paired with itself
+        else:  # every other case has its baseline timed right around it
+            assert info["paired_baseline_s"] > 0
+            median = bench["stats"]["median"]
+            assert info["paired_speedup"] == pytest.approx(info["paired_baseline_s"] / median)
+            assert info["paired_baseline_drift"] > -1
 
 
 def test_grid_run_gates_against_itself(grid_run, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from supercharge.cases import Case, Combo
 from supercharge.report import (
@@ -94,3 +95,20 @@ def test_a_busy_baseline_flags_its_speedups_as_noisy():
     assert not rows[(f"{MODEL}-ort-cpu-baked-fp32-bs1", MODEL_ONLY)]["noisy"]
     text = speed_markdown(list(rows.values()))
     assert "| 4.00x (noisy) |" in text and "rerun before trusting" in text
+
+
+def test_a_paired_baseline_sets_the_speedup_and_its_spread_the_noise_flag():
+    base = timing("torch-cpu", "timm", "fp32", 8, 0.160)  # its own row: 20 ms/image
+    calm = replace(
+        timing("ort-cpu", "baked", "fp32", 8, 0.040),
+        paired_baseline_s=0.240,  # the baseline as it ran around the case: 30 ms/image
+        paired_baseline_iqr_s=0.012,
+    )
+    rows = {r["case"]: r for r in speed_rows([base, calm])}
+    row = rows[f"{MODEL}-ort-cpu-baked-fp32-bs8"]
+    assert row["speedup"] == 6.0 and row["speedup_basis"] == "paired" and not row["noisy"]
+    assert row["baseline_ms_per_image"] == 30.0
+    assert "baseline ms/image" in speed_markdown(list(rows.values()))
+    assert "timed right before and after the case" in speed_markdown(list(rows.values()))
+    busy = replace(calm, paired_baseline_iqr_s=0.048)  # 20% of the paired baseline's median
+    assert speed_rows([base, busy])[1]["noisy"]

@@ -1,10 +1,11 @@
 """The merge gate: compare two saved pytest-benchmark runs case by case and name regressions.
 
 Shared CI runners drift, so the default judges each case's speedup over its own run's baseline
-(PyTorch eager fp32 + timm on the same device and batch size): a ratio measured within one run,
-which machine-wide slowdowns cancel out of. `--stat median` compares absolute medians instead, and
-when both runs saved their raw rounds (--benchmark-save-data) a slowdown must also be significant
-(one-sided Mann-Whitney U, scipy) so one noisy round cannot fail a merge.
+(PyTorch eager fp32 + timm on the same device and batch size), timed right before and after the
+case: a ratio of neighbours in time, which machine-wide slowdowns cancel out of. `--stat median`
+compares absolute medians instead, and when both runs saved their raw rounds
+(--benchmark-save-data) a slowdown must also be significant (one-sided Mann-Whitney U, scipy) so
+one noisy round cannot fail a merge.
 Unlike --benchmark-compare-fail, this never touches saved runs: a regressed run cannot silently
 become the next baseline (GUIDE.md).
 """
@@ -78,7 +79,8 @@ def _key(bench: dict[str, Any]) -> str:
 
 
 def _speedups(run: dict[str, Any]) -> dict[str, float]:
-    """Each case's speedup over its own run's baseline (same model, device, batch, group)."""
+    """Each case's speedup over its own run's baseline (same model, device, batch, group): the
+    paired one timed around the case where the run recorded it, else the baseline's own row."""
     medians: dict[tuple, float] = {}
     for b in run["benchmarks"]:
         info = b.get("extra_info") or {}
@@ -92,6 +94,9 @@ def _speedups(run: dict[str, Any]) -> dict[str, float]:
     out = {}
     for b in run["benchmarks"]:
         info = b.get("extra_info") or {}
+        if info.get("paired_speedup"):  # its baseline timed right around it (timing.time_call)
+            out[_key(b)] = float(info["paired_speedup"])
+            continue
         device = "cpu" if str(info.get("device", "cpu")).startswith("cpu") else "cuda"
         base = medians.get((info.get("model"), device, info.get("batch_size"), info.get("timed")))
         if base is not None:
@@ -161,5 +166,14 @@ def compare(
 def machine_differences(baseline: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The machine facts that differ between the runs (absolute medians then mean little)."""
     a, b = baseline.get("machine_info") or {}, current.get("machine_info") or {}
-    keys = ("cpu_model", "cpu_count", "gpu_name", "driver", "torch", "onnxruntime", "tensorrt")
+    keys = (
+        "cpu_model",
+        "cpu_count",
+        "gpu_name",
+        "driver",
+        "torch",
+        "onnxruntime",
+        "tensorrt",
+        "malloc",
+    )
     return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in keys if a.get(k) != b.get(k)]

@@ -31,6 +31,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--artifact-dir", default=None, help="artifact cache directory")
     group.addoption(
+        "--malloc",
+        choices=("hold", "default"),
+        default="hold",
+        help="hold (default): keep freed memory in glibc's heap so PyTorch CPU timings do not "
+        "depend on allocation history (supercharge.malloc); default: glibc as it comes",
+    )
+    group.addoption(
         "--require-gpu",
         action="store_true",
         default=False,
@@ -66,6 +73,11 @@ def pytest_configure(config: pytest.Config) -> None:
         _grid_selection(config)
     except SuperchargeError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if config.getoption("--malloc") == "hold":
+        from supercharge.malloc import hold_freed_memory
+
+        # before any model is built; where it cannot apply, machine_info says "default"
+        hold_freed_memory()
 
 
 def _register_hypothesis_profiles() -> None:
@@ -242,17 +254,21 @@ def batch_sizes(pytestconfig: pytest.Config) -> tuple[int, ...]:
 
 @pytest.fixture(scope="session")
 def pipeline_for(model_bundle, artifact_cache, batch_sizes) -> Callable[[Any], Any]:
-    """combo -> prepared Pipeline. Only the latest one is kept: the grid is ordered so that
-    consecutive cases share it, and a large model's sessions are not all held at once."""
+    """combo -> prepared Pipeline. Only the latest one is kept, besides the baselines (one per
+    device, timed around every case): the grid is ordered so that consecutive cases share a
+    pipeline, and a large model's sessions are not all held at once."""
     from supercharge.pipeline import build_pipeline
 
     held: dict[Any, Any] = {}
+    baselines: dict[Any, Any] = {}
 
     def get(combo: Any) -> Any:
-        if combo not in held:
-            held.clear()
+        store = baselines if combo.is_baseline else held
+        if combo not in store:
+            if store is held:
+                held.clear()
             try:
-                held[combo] = build_pipeline(
+                store[combo] = build_pipeline(
                     model_bundle,
                     artifact_cache,
                     combo.backend,
@@ -262,10 +278,27 @@ def pipeline_for(model_bundle, artifact_cache, batch_sizes) -> Callable[[Any], A
                 )
             except SuperchargeError as exc:
                 _user_error(exc)
-        return held[combo]
+        return store[combo]
 
     yield get
     held.clear()
+    baselines.clear()
+
+
+@pytest.fixture(scope="session")
+def baseline_for(pytestconfig: pytest.Config, pipeline_for) -> Callable[[Any], Any]:
+    """combo -> the prepared pipeline of its baseline, to time around the case; None for the
+    baseline itself and when the grid options left the baseline out (the run then has no
+    speedups for that device: a ratio across sessions would not be honest)."""
+    combos, _ = _grid_selection(pytestconfig)
+
+    def get(combo: Any) -> Any:
+        base = combo.baseline()
+        if combo.is_baseline or base not in combos:
+            return None
+        return pipeline_for(base)
+
+    return get
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 
 Measuring is pytest-benchmark's job and judging is agreement.py's; this module only turns what
 they recorded into tables and files. Speedups are ratios measured in one run: every case against
-PyTorch eager fp32 with timm's transform on the same device, model, batch size and timing group.
+PyTorch eager fp32 with timm's transform on the same device, model, batch size and timing group,
+timed around the case itself where the grid paired them (timing.time_call's `reference`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SPEED_COLUMNS = (
     ("ms_per_image", "ms/image"),
     ("images_per_s", "images/s"),
     ("speedup", "speedup"),
+    ("baseline_ms_per_image", "baseline ms/image"),
     ("iqr_ms", "IQR ms"),
     ("rounds", "rounds"),
     ("providers", "ran on"),
@@ -43,6 +45,9 @@ class Timing:
     iqr_s: float
     rounds: int
     ran: dict[str, Any] = field(default_factory=dict)  # Runner.describe()
+    # the case's baseline timed right before and after it (timing.time_call's `reference`)
+    paired_baseline_s: float | None = None
+    paired_baseline_iqr_s: float | None = None
 
     @property
     def ms_per_image(self) -> float:
@@ -74,16 +79,30 @@ def _spread(t: Timing) -> float:
     return t.iqr_s / t.median_s if t.median_s > 0 else 0.0
 
 
+def _baseline(t: Timing, row: Timing | None) -> tuple[float | None, float, str | None]:
+    """(baseline seconds, its spread, how it was measured) for the speedup of `t`: the paired
+    baseline timed around the case when there is one, else the baseline's own row."""
+    if t.paired_baseline_s:
+        spread = (t.paired_baseline_iqr_s or 0.0) / t.paired_baseline_s
+        return t.paired_baseline_s, spread, "paired"
+    if row is None:
+        return None, 0.0, None
+    return row.median_s, _spread(row), "run"
+
+
 def speed_rows(timings: list[Timing]) -> list[dict[str, Any]]:
     """One row per timing with its speedup over the matching baseline (None when the baseline
     was not run in this session: a ratio across sessions would not be honest); `noisy` when the
-    case's or the baseline's rounds spread more than NOISY_SPREAD."""
+    case's or the baseline's rounds spread more than NOISY_SPREAD.
+
+    The baseline is the paired one (timed right before and after the case) where the case has
+    it, else the baseline's own row of this run (`speedup_basis`: "paired" or "run")."""
     baselines = {(t.case.model, t.case.combo, t.case.batch_size, t.group): t for t in timings}
     rows = []
     for t in timings:
         b = baselines.get((t.case.model, t.case.combo.baseline(), t.case.batch_size, t.group))
-        base = None if b is None else b.median_s
-        noisy = max(_spread(t), _spread(b) if b is not None else 0.0) > NOISY_SPREAD
+        base, base_spread, basis = _baseline(t, b)
+        noisy = max(_spread(t), base_spread) > NOISY_SPREAD
         ran = t.ran.get("providers") or [t.ran.get("device", t.case.combo.device)]
         rows.append(
             {
@@ -95,6 +114,10 @@ def speed_rows(timings: list[Timing]) -> list[dict[str, Any]]:
                 "images_per_s": round(t.images_per_s, 1),
                 "speedup": None if base is None else round(base / t.median_s, 2),
                 "baseline": t.case.combo.baseline().id,
+                "baseline_ms_per_image": (
+                    None if base is None else round(1000.0 * base / t.case.batch_size, 3)
+                ),
+                "speedup_basis": basis,
                 "iqr_ms": round(1000.0 * t.iqr_s, 3),
                 "rounds": t.rounds,
                 "providers": ",".join(ran[:1]),
@@ -144,6 +167,11 @@ def speed_markdown(rows: list[dict[str, Any]]) -> str:
             for r in chosen
         ]
         parts.append(f"### {title}\n\n{markdown_table(shown, SPEED_COLUMNS)}")
+    if any(r.get("speedup_basis") == "paired" for r in rows):
+        parts.append(
+            "speedup: baseline ms/image (PyTorch eager fp32 with timm's transform, same device "
+            "and batch size, timed right before and after the case) / ms/image."
+        )
     if any(r.get("noisy") and r["speedup"] is not None for r in rows):
         parts.append(
             f"(noisy): the case's or its baseline's rounds spread (IQR) more than "
@@ -215,6 +243,7 @@ def _torch_cuda_build() -> str | None:
 def machine_info() -> dict[str, Any]:
     """What a compared run needs to know: CPU, GPU, driver and every runtime's version."""
     from supercharge.gpu import gpu_info
+    from supercharge.malloc import malloc_state
 
     ort = next(
         (v for d in ("onnxruntime-gpu", "onnxruntime") if (v := _version(d)) is not None), None
@@ -230,6 +259,7 @@ def machine_info() -> dict[str, Any]:
         "pillow": _version("pillow"),
         "numpy": _version("numpy"),
         "torch_cuda_build": _torch_cuda_build(),
+        "malloc": malloc_state(),  # CPU timings depend on it (supercharge.malloc)
     }
     info.update(gpu_info())
     return info

@@ -5,11 +5,19 @@ case gets the same treatment. Warm-up runs are never recorded (first calls alloc
 compile); the round count fills --benchmark-max-time but never drops below a floor, so even slow
 cases get a median worth comparing. The callable must finish its device work before returning
 (runners synchronise), so each round is the real latency.
+
+A shared machine's speed drifts by more than the differences a gate must catch (this 2-core VM:
+PyTorch's fp32 forward 9-19 ms from one minute to the next, ORT moving with it). So each case's
+baseline is also timed right before and right after it (`reference`, a short burst each side)
+and the case's speedup is taken against that paired baseline: the drift between cases cancels
+out of the ratio, as it does between blocks that alternate (measured: a 2.7-2.9x ratio while
+both runtimes moved by 20%).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +28,8 @@ from supercharge.report import SuiteResults, Timing
 WARMUP_ROUNDS = 3
 MIN_ROUNDS = 10
 MAX_ROUNDS = 1000
+PROBE_SHARE = 0.2  # of the case's time budget, for the paired baseline on each side of it
+MIN_PROBE_ROUNDS = 3
 
 
 def plan_rounds(seconds_per_call: float, budget_s: float, min_rounds: int = MIN_ROUNDS) -> int:
@@ -29,6 +39,20 @@ def plan_rounds(seconds_per_call: float, budget_s: float, min_rounds: int = MIN_
     return max(min_rounds, min(MAX_ROUNDS, math.ceil(budget_s / seconds_per_call)))
 
 
+def probe(fn: Callable[[], Any], budget_s: float) -> list[float]:
+    """Seconds per call of `fn` over a short burst filling `budget_s` (at least
+    MIN_PROBE_ROUNDS calls), after one untimed call that also sizes the burst."""
+    start = time.perf_counter()
+    fn()
+    rounds = plan_rounds(time.perf_counter() - start, budget_s, MIN_PROBE_ROUNDS)
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
 def time_call(
     benchmark: Any,
     fn: Callable[[], Any],
@@ -36,9 +60,13 @@ def time_call(
     group: str,
     ran: dict[str, Any],
     results: SuiteResults,
+    reference: Callable[[], Any] | None = None,
 ) -> Any:
     """Time `fn` for `case` with pytest-benchmark, annotate and record it; returns fn's result.
 
+    `reference` is the case's baseline doing the same work (None for the baseline itself, or
+    when the run has no baseline): it is timed just before and just after `fn`, outside
+    pytest-benchmark's rounds, and recorded as `paired_baseline_s` with `paired_speedup`.
     Under --benchmark-disable the call runs once for its assertions and nothing is recorded.
     """
     if benchmark.disabled:
@@ -68,9 +96,32 @@ def time_call(
             "runner": ran,
         }
     )
+    before = probe(reference, PROBE_SHARE * budget) if reference is not None else []
     out = benchmark.pedantic(fn, warmup_rounds=1, rounds=rounds, iterations=1)
+    after = probe(reference, PROBE_SHARE * budget) if reference is not None else []
     stats = benchmark.stats.stats
-    benchmark.extra_info["images_per_s"] = case.batch_size / stats.median
-    benchmark.extra_info["iqr_over_median"] = stats.iqr / stats.median
-    results.timings.append(Timing(case, group, stats.median, stats.iqr, stats.rounds, ran))
+    info = benchmark.extra_info
+    info["images_per_s"] = case.batch_size / stats.median
+    info["iqr_over_median"] = stats.iqr / stats.median
+    paired = None
+    if reference is not None:
+        paired = statistics.median(before + after)
+        q1, _, q3 = statistics.quantiles(before + after, n=4)
+        info["paired_baseline_s"] = paired
+        info["paired_baseline_iqr_s"] = q3 - q1
+        info["paired_speedup"] = paired / stats.median
+        # how far the machine moved while the case ran: the baseline after vs before it
+        info["paired_baseline_drift"] = statistics.median(after) / statistics.median(before) - 1
+    results.timings.append(
+        Timing(
+            case,
+            group,
+            stats.median,
+            stats.iqr,
+            stats.rounds,
+            ran,
+            paired_baseline_s=paired,
+            paired_baseline_iqr_s=info.get("paired_baseline_iqr_s"),
+        )
+    )
     return out

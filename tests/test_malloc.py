@@ -1,0 +1,44 @@
+"""glibc malloc settings for repeatable CPU timings: applied where glibc is, explained elsewhere."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from supercharge import malloc
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="mallopt() is glibc's: this C library is not glibc",
+)
+def test_hold_freed_memory_applies_on_glibc():
+    assert malloc.hold_freed_memory() is None
+    assert malloc.malloc_state().startswith("hold (mmap threshold 32 MiB, trim 1 GiB")
+
+
+def test_a_c_library_without_mallopt_is_named(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(malloc.ctypes, "CDLL", lambda name: SimpleNamespace())
+    assert malloc.hold_freed_memory() == "this C library has no mallopt() (not glibc)"
+
+
+def test_a_refused_setting_is_named(monkeypatch):
+    class Refusing:
+        argtypes = restype = None
+
+        def __call__(self, param, value):
+            return 0
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(malloc.ctypes, "CDLL", lambda name: SimpleNamespace(mallopt=Refusing()))
+    reason = malloc.hold_freed_memory()
+    assert reason == f"mallopt({malloc.M_MMAP_THRESHOLD}, {malloc.MMAP_THRESHOLD}) was refused"
+
+
+def test_other_systems_keep_their_malloc(monkeypatch):
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert malloc.hold_freed_memory() == "glibc malloc settings need Linux, this is darwin"

@@ -1,0 +1,154 @@
+"""How a case is timed: warm-up, the round plan, and the paired baseline around each case."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+
+from supercharge import timing
+from supercharge.cases import Case, Combo
+from supercharge.report import END_TO_END, SuiteResults, speed_rows
+from supercharge.timing import MIN_PROBE_ROUNDS, probe, time_call
+
+MODEL = "tf_efficientnet_lite0"
+BASE = Case(MODEL, Combo("torch-cpu", "timm", "fp32"), 1)
+CASE = Case(MODEL, Combo("ort-cpu", "baked", "fp32"), 1)
+
+
+class Clock:
+    """A perf_counter that moves only when work is done; `slowdown` is the machine's state."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slowdown = 1.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def work(self, seconds: float):
+        def fn() -> float:
+            self.now += seconds * self.slowdown
+            return seconds
+
+        return fn
+
+
+class FakeBenchmark:
+    """pytest-benchmark's fixture as time_call uses it: pedantic(), stats, extra_info."""
+
+    disabled = False
+    _min_rounds = 0
+
+    def __init__(self, clock: Clock, max_time: float = 0.1) -> None:
+        self.clock, self._max_time = clock, max_time
+        self.extra_info: dict = {}
+        self.group = None
+        self.rounds = 0
+
+    def pedantic(self, fn, warmup_rounds, rounds, iterations):
+        assert iterations == 1
+        for _ in range(warmup_rounds):
+            fn()
+        data = []
+        for _ in range(rounds):
+            start = self.clock()
+            out = fn()
+            data.append(self.clock() - start)
+        q1, _, q3 = statistics.quantiles(data, n=4)
+        self.rounds = rounds
+        self.stats = SimpleNamespace(
+            stats=SimpleNamespace(median=statistics.median(data), iqr=q3 - q1, rounds=rounds)
+        )
+        return out
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=clock))
+    return clock
+
+
+def test_paired_speedup_cancels_a_machine_slowdown_between_cases(clock):
+    results = SuiteResults()
+    baseline = clock.work(0.010)
+    time_call(FakeBenchmark(clock), baseline, BASE, END_TO_END, {}, results)
+    clock.slowdown = 2.0  # the machine is twice slower by the time the next case runs
+    bench = FakeBenchmark(clock)
+    out = time_call(bench, clock.work(0.0025), CASE, END_TO_END, {}, results, reference=baseline)
+    assert out == 0.0025  # the case's own result comes back
+    rows = {r["case"]: r for r in speed_rows(results.timings)}
+    assert rows[CASE.id]["speedup"] == 4.0 and rows[CASE.id]["speedup_basis"] == "paired"
+    assert rows[CASE.id]["baseline_ms_per_image"] == 20.0  # the baseline as it ran beside it
+    assert rows[BASE.id]["speedup"] == 1.0 and rows[BASE.id]["speedup_basis"] == "run"
+    info = bench.extra_info
+    assert info["paired_baseline_s"] == pytest.approx(0.020)
+    assert info["paired_speedup"] == pytest.approx(4.0)
+    assert info["paired_baseline_drift"] == pytest.approx(0.0)
+    # without the pairing, the same timings read the machine's slowdown as a slower backend
+    unpaired = [replace(t, paired_baseline_s=None) for t in results.timings]
+    assert {r["case"]: r for r in speed_rows(unpaired)}[CASE.id]["speedup"] == 2.0
+
+
+def test_the_baseline_is_timed_on_both_sides_of_the_case(clock):
+    calls: list[str] = []
+    work = clock.work(0.001)
+
+    def reference():
+        calls.append("baseline")
+        return work()
+
+    def fn():
+        calls.append("case")
+        return work()
+
+    bench = FakeBenchmark(clock, max_time=0.1)
+    time_call(bench, fn, CASE, END_TO_END, {}, SuiteResults(), reference=reference)
+    runs = [(name, len(list(group))) for name, group in itertools.groupby(calls)]
+    # the case warms up, then its pytest-benchmark rounds sit between two bursts of the
+    # baseline: one untimed call and a burst filling PROBE_SHARE of the budget (0.02 s / 1 ms)
+    assert [name for name, _ in runs] == ["case", "baseline", "case", "baseline"]
+    assert runs[0][1] == timing.WARMUP_ROUNDS and runs[2][1] == 1 + bench.rounds
+    assert all(20 <= n - 1 <= 22 for _, n in runs[1::2])  # ceil() of a ratio of float times
+
+
+def test_the_machine_moving_during_a_case_is_recorded_as_drift(clock):
+    bench = FakeBenchmark(clock)
+    case, calls = clock.work(0.001), []
+
+    def fn():
+        calls.append(1)
+        if len(calls) > timing.WARMUP_ROUNDS:  # slower from the case's timed part on
+            clock.slowdown = 1.5
+        return case()
+
+    time_call(bench, fn, CASE, END_TO_END, {}, SuiteResults(), reference=clock.work(0.004))
+    assert bench.extra_info["paired_baseline_drift"] == pytest.approx(0.5)
+
+
+def test_no_reference_means_no_pairing(clock):
+    results = SuiteResults()
+    bench = FakeBenchmark(clock)
+    time_call(bench, clock.work(0.002), CASE, END_TO_END, {}, results)
+    assert "paired_speedup" not in bench.extra_info
+    assert results.timings[0].paired_baseline_s is None
+    # and no baseline row in the run: no speedup at all rather than one across sessions
+    assert speed_rows(results.timings)[0]["speedup"] is None
+
+
+def test_a_disabled_benchmark_runs_once_and_records_nothing(clock):
+    calls = []
+    bench = FakeBenchmark(clock)
+    bench.disabled = True
+    results = SuiteResults()
+    assert time_call(bench, lambda: calls.append(1) or 7, CASE, END_TO_END, {}, results) == 7
+    assert calls == [1] and results.empty
+
+
+def test_probe_takes_at_least_its_floor_of_rounds(clock):
+    samples = probe(clock.work(1.0), budget_s=0.5)  # slower than the whole budget
+    assert samples == [1.0] * MIN_PROBE_ROUNDS
