@@ -77,7 +77,11 @@ def pytest_configure(config: pytest.Config) -> None:
         from supercharge.malloc import hold_freed_memory
 
         # before any model is built; where it cannot apply, machine_info says "default"
-        hold_freed_memory()
+        reason = hold_freed_memory()
+        if reason is not None:
+            config.issue_config_time_warning(
+                pytest.PytestConfigWarning(f"--malloc hold not applied: {reason}"), stacklevel=2
+            )
 
 
 def _register_hypothesis_profiles() -> None:
