@@ -103,12 +103,13 @@ def time_call(
     info = benchmark.extra_info
     info["images_per_s"] = case.batch_size / stats.median
     info["iqr_over_median"] = stats.iqr / stats.median
-    paired = None
+    paired = paired_iqr = None
     if reference is not None:
         paired = statistics.median(before + after)
         q1, _, q3 = statistics.quantiles(before + after, n=4)
+        paired_iqr = q3 - q1
         info["paired_baseline_s"] = paired
-        info["paired_baseline_iqr_s"] = q3 - q1
+        info["paired_baseline_iqr_s"] = paired_iqr
         info["paired_speedup"] = paired / stats.median
         # how far the machine moved while the case ran: the baseline after vs before it
         info["paired_baseline_drift"] = statistics.median(after) / statistics.median(before) - 1
@@ -121,7 +122,7 @@ def time_call(
             stats.rounds,
             ran,
             paired_baseline_s=paired,
-            paired_baseline_iqr_s=info.get("paired_baseline_iqr_s"),
+            paired_baseline_iqr_s=paired_iqr,
         )
     )
     return out
