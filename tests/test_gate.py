@@ -149,3 +149,85 @@ def test_the_paired_speedup_is_judged_where_the_run_recorded_it():
     cur["benchmarks"][1]["extra_info"]["paired_speedup"] = 3.0
     v = by_key(gate.compare(base, cur))[f"{MODEL}-ort-cpu-baked-fp32-bs1"]
     assert v.status == "regressed" and v.change == pytest.approx(1 / 3)
+
+
+def with_paired(r, speedup):
+    r["benchmarks"][1]["extra_info"]["paired_speedup"] = speedup
+    return r
+
+
+@pytest.mark.parametrize(
+    "text, pattern, ratio",
+    [
+        ("ort-cpu-baked-fp32-bs1=4", "ort-cpu-baked-fp32-bs1", 4.0),
+        ("*-int8-bs1=6.5", "*-int8-bs1", 6.5),
+        ("a=b=2", "a=b", 2.0),  # the ratio is after the last '='
+    ],
+)
+def test_a_speedup_floor_is_parsed_from_pattern_equals_ratio(text, pattern, ratio):
+    assert gate.Target.parse(text) == gate.Target(pattern, ratio)
+
+
+@pytest.mark.parametrize("text", ["ort-cpu", "=4", "ort-cpu=fast", "ort-cpu=0", "x=-1", "x=nan"])
+def test_a_malformed_speedup_floor_is_a_one_line_error(text):
+    with pytest.raises(SuperchargeError, match=r"--min-speedup .*CASE_PATTERN=RATIO") as info:
+        gate.Target.parse(text)
+    assert "\n" not in str(info.value)
+
+
+def test_a_floor_pattern_matches_any_model_unless_it_is_anchored():
+    case = f"{MODEL}-ort-cpu-baked-fp32-bs1"
+    assert gate.Target("ort-cpu-baked-fp32-bs1", 4).matches(case)
+    assert gate.Target("ort-cpu-*-bs1", 4).matches(case)
+    assert gate.Target(case, 4).matches(case)
+    assert not gate.Target("ort-cpu-baked-fp32-bs8", 4).matches(case)
+    assert not gate.Target("cpu-baked-fp32", 4).matches(case)  # a glob, not a substring
+    assert not gate.Target("*-resnet50-ort-cpu-baked-fp32-bs1", 4).matches(case)
+
+
+def test_speedup_floors_judge_the_paired_speedup_of_matching_end_to_end_cases():
+    # the baseline's own row says 4.0x, the paired speedup timed around the case 3.1x: 3.1 counts
+    current = with_paired(run(0.040, 0.010), 3.1)
+    model_alone = bench("ort-cpu", "baked", "fp32", 0.001, timed="model")
+    model_alone["extra_info"]["paired_speedup"] = 40.0  # only end-to-end cases are held
+    current["benchmarks"].append(model_alone)
+    verdicts = gate.check_targets(
+        current,
+        [gate.Target("ort-cpu-baked-fp32-bs1", 3.0), gate.Target("ort-cpu-baked-*-bs1", 4.0)],
+    )
+    assert [(v.key, v.status, v.current) for v in verdicts] == [
+        (f"{MODEL}-ort-cpu-baked-fp32-bs1 [end-to-end]", "ok", 3.1),
+        (f"{MODEL}-ort-cpu-baked-fp32-bs1 [end-to-end]", "below-target", 3.1),
+    ]
+    assert "target 4x" in verdicts[1].line()
+
+
+def test_a_speedup_floor_that_matches_no_case_fails_rather_than_passing_empty():
+    (v,) = gate.check_targets(run(0.040, 0.010), [gate.Target("ort-cuda-*", 2.0)])
+    assert v.status == "unmatched" and v.current is None
+
+
+def test_gate_cli_holds_one_run_to_its_floors(tmp_path, run_cli):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(with_paired(run(0.040, 0.010), 3.1)))
+    code, out, _ = run_cli("gate", path, "--min-speedup", "ort-cpu-baked-fp32-bs1=3")
+    assert code == 0 and "0 failing of 1 held to speedup floors" in out
+    code, out, _ = run_cli("gate", path, "--min-speedup", "ort-cpu-baked-fp32-bs1=4")
+    assert code == 1 and f"below-target {MODEL}-ort-cpu-baked-fp32-bs1" in out
+    # unmatched floors fail even with --allow-missing (which is about cases of BASELINE)
+    code, out, _ = run_cli("gate", path, "--min-speedup", "ort-trt-*=2", "--allow-missing")
+    assert code == 1 and "unmatched" in out
+    code, _, err = run_cli("gate", path)
+    assert code == 2 and err.count("\n") == 1 and "CURRENT alone with --min-speedup" in err
+    code, _, err = run_cli("gate", path, "--min-speedup", "ort-cpu")
+    assert code == 2 and err.count("\n") == 1 and "CASE_PATTERN=RATIO" in err
+
+
+def test_gate_cli_compares_and_holds_floors_in_one_call(tmp_path, run_cli):
+    base, cur = tmp_path / "b.json", tmp_path / "c.json"
+    base.write_text(json.dumps(with_paired(run(0.040, 0.010), 4.0)))
+    cur.write_text(json.dumps(with_paired(run(0.040, 0.010), 3.9)))
+    code, out, _ = run_cli("gate", base, cur, "--min-speedup", "ort-cpu-baked-fp32-bs1=4")
+    assert code == 1  # within 10% of the last run, but below the floor
+    assert "ok          " in out and "below-target" in out
+    assert "1 failing of 2 compared (max slowdown 10%) and 1 held to speedup floors" in out

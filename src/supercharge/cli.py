@@ -68,13 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     ga = sub.add_parser(
         "gate",
-        help="compare two saved benchmark runs; exit 1 on a regression",
+        help="compare two saved benchmark runs, or hold one to speedup floors; exit 1 on a "
+        "regression",
         description="Compare CURRENT with BASELINE (pytest-benchmark JSON files, or folders such "
-        "as .benchmarks, whose newest JSON is used) case by case. Exit 0: no regression; "
-        "1: a case regressed or is missing; 2: bad input.",
+        "as .benchmarks, whose newest JSON is used) case by case, and/or hold CURRENT to "
+        "--min-speedup floors (then BASELINE may be left out). Exit 0: all good; 1: a case "
+        "regressed, fell below its floor or is missing; 2: bad input.",
     )
-    ga.add_argument("baseline", type=Path, metavar="BASELINE")
-    ga.add_argument("current", type=Path, metavar="CURRENT")
+    ga.add_argument("runs", type=Path, nargs="+", metavar="[BASELINE] CURRENT")
+    ga.add_argument(
+        "--min-speedup",
+        action="append",
+        default=[],
+        metavar="CASE_PATTERN=RATIO",
+        help="end-to-end speedup over PyTorch fp32+timm that every matching case of CURRENT "
+        "must reach, e.g. 'ort-cpu-baked-fp32-bs1=4' (glob over case ids, any model; "
+        "repeatable)",
+    )
     ga.add_argument(
         "--max-slowdown",
         type=float,
@@ -148,22 +158,43 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_gate(args: argparse.Namespace) -> int:
     from supercharge import gate
 
-    baseline, current = gate.load_run(args.baseline), gate.load_run(args.current)
-    verdicts = gate.compare(baseline, current, args.max_slowdown / 100.0, args.stat)
-    print(f"baseline {baseline['_path']}\ncurrent  {current['_path']}")
-    for line in gate.machine_differences(baseline, current):
-        print(f"machine differs: {line}")
-    for verdict in verdicts:
-        print(verdict.line())
-    failing = {"regressed"} | (set() if args.allow_missing else {"missing"})
-    bad = [v for v in verdicts if v.status in failing]
-    compared = sum(v.status in ("ok", "regressed") for v in verdicts)
-    print(f"{len(bad)} failing of {compared} compared (max slowdown {args.max_slowdown:g}%)")
-    if compared == 0 and not bad:
+    targets = [gate.Target.parse(text) for text in args.min_speedup]
+    if len(args.runs) > 2 or (len(args.runs) == 1 and not targets):
         raise SuperchargeError(
-            f"{args.baseline} and {args.current} share no comparable case: "
-            "compare runs of the same grid"
+            f"gate got {len(args.runs)} run(s): give BASELINE and CURRENT, or CURRENT alone "
+            "with --min-speedup"
         )
+    current = gate.load_run(args.runs[-1])
+    failing = {"regressed", "below-target", "unmatched"} | (
+        set() if args.allow_missing else {"missing"}
+    )
+    verdicts: list[gate.Verdict] = []
+    compared = 0
+    if len(args.runs) == 2:
+        baseline = gate.load_run(args.runs[0])
+        verdicts = gate.compare(baseline, current, args.max_slowdown / 100.0, args.stat)
+        print(f"baseline {baseline['_path']}")
+        print(f"current  {current['_path']}")
+        for line in gate.machine_differences(baseline, current):
+            print(f"machine differs: {line}")
+        compared = sum(v.status in ("ok", "regressed") for v in verdicts)
+        if compared == 0 and not any(v.status in failing for v in verdicts):
+            raise SuperchargeError(
+                f"{args.runs[0]} and {args.runs[1]} share no comparable case: "
+                "compare runs of the same grid"
+            )
+    else:
+        print(f"current  {current['_path']}")
+    floors = gate.check_targets(current, targets)
+    for verdict in verdicts + floors:
+        print(verdict.line())
+    bad = [v for v in verdicts + floors if v.status in failing]
+    summary = []
+    if len(args.runs) == 2:
+        summary.append(f"{compared} compared (max slowdown {args.max_slowdown:g}%)")
+    if targets:
+        summary.append(f"{len(floors)} held to speedup floors")
+    print(f"{len(bad)} failing of {' and '.join(summary)}")
     return 1 if bad else 0
 
 

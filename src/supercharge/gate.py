@@ -8,16 +8,22 @@ compares absolute medians instead, and when both runs saved their raw rounds
 one noisy round cannot fail a merge.
 Unlike --benchmark-compare-fail, this never touches saved runs: a regressed run cannot silently
 become the next baseline (GUIDE.md).
+
+Speedup floors (`Target`, `--min-speedup`) judge one run on its own: "ORT CPU with baked
+preprocessing must stay 4x faster than PyTorch" is a promise a regression gate relative to the
+last run cannot keep, since slow drift passes it step by step.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from supercharge.errors import SuperchargeError
+from supercharge.report import END_TO_END
 
 BASELINE = ("timm", "fp32")  # the reference preprocessing and precision, on the case's device
 
@@ -28,7 +34,8 @@ class Verdict:
     baseline: float | None  # the compared quantity in the baseline run
     current: float | None
     change: float | None  # fraction: +0.12 = 12% worse
-    status: str  # "ok", "regressed", "missing", "new", "no-baseline"
+    status: str  # "ok", "regressed", "missing", "new", "no-baseline", "below-target",
+    # "unmatched" (a speedup floor no case matched)
     note: str = ""
 
     def line(self) -> str:
@@ -177,3 +184,71 @@ def machine_differences(baseline: dict[str, Any], current: dict[str, Any]) -> li
         "malloc",
     )
     return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in keys if a.get(k) != b.get(k)]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A speedup floor: every end-to-end case whose id matches `pattern` must reach `ratio`.
+
+    `pattern` is a glob over case ids (`tf_efficientnet_lite0-ort-cpu-baked-fp32-bs1`); one that
+    does not start with "*" also matches after any model name, so `ort-cpu-baked-*-bs1` works
+    for every model.
+    """
+
+    pattern: str
+    ratio: float
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """From "PATTERN=RATIO", e.g. "ort-cpu-baked-fp32-bs1=4"."""
+        pattern, sep, ratio = text.rpartition("=")
+        try:
+            value = float(ratio)
+        except ValueError:
+            value = math.nan
+        if not sep or not pattern or not math.isfinite(value) or value <= 0:
+            raise SuperchargeError(
+                f"--min-speedup {text!r}: write CASE_PATTERN=RATIO with a positive ratio, "
+                "e.g. ort-cpu-baked-fp32-bs1=4"
+            )
+        return cls(pattern, value)
+
+    def matches(self, case: str) -> bool:
+        from fnmatch import fnmatchcase
+
+        return fnmatchcase(case, self.pattern) or (
+            not self.pattern.startswith("*") and fnmatchcase(case, f"*-{self.pattern}")
+        )
+
+
+def check_targets(run: dict[str, Any], targets: list[Target]) -> list[Verdict]:
+    """One verdict per (target, matching end-to-end case); a target no case with a speedup
+    matches is "unmatched", so a floor cannot pass because its case was left out of the grid."""
+    speedups = _speedups(run)
+    cases = {}
+    for b in run["benchmarks"]:
+        info = b.get("extra_info") or {}
+        if info.get("timed") == END_TO_END and _key(b) in speedups:
+            cases[info["case"]] = speedups[_key(b)]
+    verdicts = []
+    for target in targets:
+        hits = sorted(case for case in cases if target.matches(case))
+        note = f"target {target.ratio:g}x"
+        if not hits:
+            verdicts.append(
+                Verdict(
+                    f"{target.pattern} [{END_TO_END}]",
+                    target.ratio,
+                    None,
+                    None,
+                    "unmatched",
+                    f"{note}; no end-to-end case with a speedup matches",
+                )
+            )
+        for case in hits:
+            speedup = cases[case]
+            status = "ok" if speedup >= target.ratio else "below-target"
+            verdicts.append(
+                Verdict(f"{case} [{END_TO_END}]", target.ratio, speedup, None, status, note)
+            )
+    return verdicts
