@@ -9,6 +9,7 @@ import pytest
 
 from supercharge import gate
 from supercharge.errors import SuperchargeError
+from supercharge.floors import SpeedupFloor
 
 MODEL = "tf_efficientnet_lite0"
 
@@ -156,44 +157,15 @@ def with_paired(r, speedup):
     return r
 
 
-@pytest.mark.parametrize(
-    "text, pattern, ratio",
-    [
-        ("ort-cpu-baked-fp32-bs1=4", "ort-cpu-baked-fp32-bs1", 4.0),
-        ("*-int8-bs1=6.5", "*-int8-bs1", 6.5),
-        ("a=b=2", "a=b", 2.0),  # the ratio is after the last '='
-    ],
-)
-def test_a_speedup_floor_is_parsed_from_pattern_equals_ratio(text, pattern, ratio):
-    assert gate.Target.parse(text) == gate.Target(pattern, ratio)
-
-
-@pytest.mark.parametrize("text", ["ort-cpu", "=4", "ort-cpu=fast", "ort-cpu=0", "x=-1", "x=nan"])
-def test_a_malformed_speedup_floor_is_a_one_line_error(text):
-    with pytest.raises(SuperchargeError, match=r"--min-speedup .*CASE_PATTERN=RATIO") as info:
-        gate.Target.parse(text)
-    assert "\n" not in str(info.value)
-
-
-def test_a_floor_pattern_matches_any_model_unless_it_is_anchored():
-    case = f"{MODEL}-ort-cpu-baked-fp32-bs1"
-    assert gate.Target("ort-cpu-baked-fp32-bs1", 4).matches(case)
-    assert gate.Target("ort-cpu-*-bs1", 4).matches(case)
-    assert gate.Target(case, 4).matches(case)
-    assert not gate.Target("ort-cpu-baked-fp32-bs8", 4).matches(case)
-    assert not gate.Target("cpu-baked-fp32", 4).matches(case)  # a glob, not a substring
-    assert not gate.Target("*-resnet50-ort-cpu-baked-fp32-bs1", 4).matches(case)
-
-
 def test_speedup_floors_judge_the_paired_speedup_of_matching_end_to_end_cases():
     # the baseline's own row says 4.0x, the paired speedup timed around the case 3.1x: 3.1 counts
     current = with_paired(run(0.040, 0.010), 3.1)
     model_alone = bench("ort-cpu", "baked", "fp32", 0.001, timed="model")
     model_alone["extra_info"]["paired_speedup"] = 40.0  # only end-to-end cases are held
     current["benchmarks"].append(model_alone)
-    verdicts = gate.check_targets(
+    verdicts = gate.floor_verdicts(
         current,
-        [gate.Target("ort-cpu-baked-fp32-bs1", 3.0), gate.Target("ort-cpu-baked-*-bs1", 4.0)],
+        [SpeedupFloor("ort-cpu-baked-fp32-bs1", 3.0), SpeedupFloor("ort-cpu-baked-*-bs1", 4.0)],
     )
     assert [(v.key, v.status, v.current) for v in verdicts] == [
         (f"{MODEL}-ort-cpu-baked-fp32-bs1 [end-to-end]", "ok", 3.1),
@@ -203,7 +175,7 @@ def test_speedup_floors_judge_the_paired_speedup_of_matching_end_to_end_cases():
 
 
 def test_a_speedup_floor_that_matches_no_case_fails_rather_than_passing_empty():
-    (v,) = gate.check_targets(run(0.040, 0.010), [gate.Target("ort-cuda-*", 2.0)])
+    (v,) = gate.floor_verdicts(run(0.040, 0.010), [SpeedupFloor("ort-cuda-*", 2.0)])
     assert v.status == "unmatched" and v.current is None
 
 
@@ -220,7 +192,7 @@ def test_gate_cli_holds_one_run_to_its_floors(tmp_path, run_cli):
     code, _, err = run_cli("gate", path)
     assert code == 2 and err.count("\n") == 1 and "CURRENT alone with --min-speedup" in err
     code, _, err = run_cli("gate", path, "--min-speedup", "ort-cpu")
-    assert code == 2 and err.count("\n") == 1 and "CASE_PATTERN=RATIO" in err
+    assert code == 2 and err.count("\n") == 1 and "--min-speedup 'ort-cpu'" in err
 
 
 def test_gate_cli_compares_and_holds_floors_in_one_call(tmp_path, run_cli):

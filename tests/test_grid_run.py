@@ -104,6 +104,13 @@ def test_grid_run_gates_against_itself(grid_run, capsys):
     _, tmp = grid_run
     assert cli_main(["gate", str(tmp / "bench.json"), str(tmp / "bench.json")]) == 0
     assert "0 failing" in capsys.readouterr().out
+    # the run's own paired speedups, held to floors far below and far above them
+    floor = ["--min-speedup", "ort-cpu-baked-fp32-bs*=0.001"]
+    assert cli_main(["gate", str(tmp / "bench.json"), *floor]) == 0
+    assert "0 failing of 2 held to speedup floors" in capsys.readouterr().out
+    floor = ["--min-speedup", "ort-cpu-baked-fp32-bs1=1000"]
+    assert cli_main(["gate", str(tmp / "bench.json"), *floor]) == 1
+    assert "below-target test_efficientnet-ort-cpu-baked-fp32-bs1" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(

@@ -112,3 +112,31 @@ def test_a_paired_baseline_sets_the_speedup_and_its_spread_the_noise_flag():
     assert "timed right before and after the case" in speed_markdown(list(rows.values()))
     busy = replace(calm, paired_baseline_iqr_s=0.048)  # 20% of the paired baseline's median
     assert speed_rows([base, busy])[1]["noisy"]
+
+
+def test_floors_matched_by_this_run_are_reported_met_or_not_and_others_left_out(tmp_path):
+    from supercharge.floors import SpeedupFloor
+
+    floors = [
+        SpeedupFloor("ort-cpu-baked-fp32-bs1", 3.0),  # 4.0x: met
+        SpeedupFloor("ort-cpu-baked-*", 5.0),  # matches bs1 (4.0x, not met) and bs8 (no speedup)
+        SpeedupFloor("eva02_large_patch14_448-*", 1.5),  # another model's: not this run's
+    ]
+    _, text = write_report(sample(), tmp_path, floors)
+    assert "Speedup floors" in text
+    floor_rows = [line for line in text.splitlines() if " met | " in line]
+    assert f"| {MODEL}-ort-cpu-baked-fp32-bs1 | 4.00x | 3x | met | ort-cpu-baked-fp32-bs1 |" in text
+    assert f"| {MODEL}-ort-cpu-baked-fp32-bs1 | 4.00x | 5x | NOT met | ort-cpu-baked-* |" in text
+    assert len(floor_rows) == 2 and "eva02" not in text  # bs8 has no speedup, eva02 no case
+    saved = json.loads((tmp_path / "speed.json").read_text())["floors"]
+    assert [(f["pattern"], f["status"]) for f in saved] == [
+        ("ort-cpu-baked-fp32-bs1", "ok"),
+        ("ort-cpu-baked-*", "below-target"),
+    ]
+    assert saved[0]["speedup"] == 4.0
+
+
+def test_without_floors_the_report_has_no_floor_section(tmp_path):
+    _, text = write_report(sample(), tmp_path)
+    assert "Speedup floors" not in text
+    assert json.loads((tmp_path / "speed.json").read_text())["floors"] == []

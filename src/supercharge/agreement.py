@@ -29,7 +29,6 @@ come from the same data.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from supercharge.config import find_pyproject, read_toml, tool_table
 from supercharge.errors import SuperchargeError
 
 TOP_K = 5
@@ -185,36 +185,6 @@ def _merge(defaults: Mapping[str, Any], loaded: Mapping[str, Any], where: str) -
     return merged
 
 
-def _read_toml(path: Path) -> dict[str, Any] | None:
-    try:
-        import tomllib  # Python >= 3.11
-    except ImportError:
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ImportError:
-            warnings.warn(
-                f"cannot read {path} (Python < 3.11 without tomli): using the built-in accuracy "
-                "tolerances, which mirror the shipped pyproject.toml",
-                stacklevel=3,
-            )
-            return None
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except (OSError, ValueError) as exc:
-        raise SuperchargeError(f"cannot read tolerances from {path}: {exc}") from None
-
-
-def find_pyproject(start: Path | None = None) -> Path | None:
-    """The nearest pyproject.toml at or above `start` (default: the working directory)."""
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / "pyproject.toml"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def load_tolerances(pyproject: Path | str | None = None) -> ToleranceTable:
     """DEFAULT_TOLERANCES overlaid with [tool.supercharge.tolerances] from `pyproject`
     (default: the nearest pyproject.toml above the working directory, if any)."""
@@ -223,10 +193,10 @@ def load_tolerances(pyproject: Path | str | None = None) -> ToleranceTable:
         if pyproject is not None:
             raise SuperchargeError(f"tolerance file {pyproject} does not exist")
         return ToleranceTable(DEFAULT_TOLERANCES, "built-in defaults")
-    data = _read_toml(path)
+    data = read_toml(path, "tolerances")
     if data is None:
         return ToleranceTable(DEFAULT_TOLERANCES, "built-in defaults")
-    loaded = data.get("tool", {}).get("supercharge", {}).get("tolerances")
+    loaded = tool_table(data, "tolerances")
     if loaded is None:
         return ToleranceTable(DEFAULT_TOLERANCES, "built-in defaults")
     where = f"{path.name} [tool.supercharge.tolerances]"

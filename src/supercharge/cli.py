@@ -157,8 +157,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_gate(args: argparse.Namespace) -> int:
     from supercharge import gate
+    from supercharge.floors import SpeedupFloor
 
-    targets = [gate.Target.parse(text) for text in args.min_speedup]
+    targets = [SpeedupFloor.parse(text) for text in args.min_speedup]
     if len(args.runs) > 2 or (len(args.runs) == 1 and not targets):
         raise SuperchargeError(
             f"gate got {len(args.runs)} run(s): give BASELINE and CURRENT, or CURRENT alone "
@@ -185,7 +186,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
             )
     else:
         print(f"current  {current['_path']}")
-    floors = gate.check_targets(current, targets)
+    floors = gate.floor_verdicts(current, targets)
     for verdict in verdicts + floors:
         print(verdict.line())
     bad = [v for v in verdicts + floors if v.status in failing]

@@ -8,21 +8,18 @@ compares absolute medians instead, and when both runs saved their raw rounds
 one noisy round cannot fail a merge.
 Unlike --benchmark-compare-fail, this never touches saved runs: a regressed run cannot silently
 become the next baseline (GUIDE.md).
-
-Speedup floors (`Target`, `--min-speedup`) judge one run on its own: "ORT CPU with baked
-preprocessing must stay 4x faster than PyTorch" is a promise a regression gate relative to the
-last run cannot keep, since slow drift passes it step by step.
+Speedup floors (floors.py, `--min-speedup`) judge the current run on its own.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from supercharge.errors import SuperchargeError
+from supercharge.floors import SpeedupFloor, check_floors
 from supercharge.report import END_TO_END
 
 BASELINE = ("timm", "fp32")  # the reference preprocessing and precision, on the case's device
@@ -186,44 +183,9 @@ def machine_differences(baseline: dict[str, Any], current: dict[str, Any]) -> li
     return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in keys if a.get(k) != b.get(k)]
 
 
-@dataclass(frozen=True)
-class Target:
-    """A speedup floor: every end-to-end case whose id matches `pattern` must reach `ratio`.
-
-    `pattern` is a glob over case ids (`tf_efficientnet_lite0-ort-cpu-baked-fp32-bs1`); one that
-    does not start with "*" also matches after any model name, so `ort-cpu-baked-*-bs1` works
-    for every model.
-    """
-
-    pattern: str
-    ratio: float
-
-    @classmethod
-    def parse(cls, text: str) -> Target:
-        """From "PATTERN=RATIO", e.g. "ort-cpu-baked-fp32-bs1=4"."""
-        pattern, sep, ratio = text.rpartition("=")
-        try:
-            value = float(ratio)
-        except ValueError:
-            value = math.nan
-        if not sep or not pattern or not math.isfinite(value) or value <= 0:
-            raise SuperchargeError(
-                f"--min-speedup {text!r}: write CASE_PATTERN=RATIO with a positive ratio, "
-                "e.g. ort-cpu-baked-fp32-bs1=4"
-            )
-        return cls(pattern, value)
-
-    def matches(self, case: str) -> bool:
-        from fnmatch import fnmatchcase
-
-        return fnmatchcase(case, self.pattern) or (
-            not self.pattern.startswith("*") and fnmatchcase(case, f"*-{self.pattern}")
-        )
-
-
-def check_targets(run: dict[str, Any], targets: list[Target]) -> list[Verdict]:
-    """One verdict per (target, matching end-to-end case); a target no case with a speedup
-    matches is "unmatched", so a floor cannot pass because its case was left out of the grid."""
+def floor_verdicts(run: dict[str, Any], floors: list[SpeedupFloor]) -> list[Verdict]:
+    """`run`'s end-to-end cases held to `floors`: "ok", "below-target", or "unmatched" for a
+    floor no case with a speedup matches (a case left out of the grid cannot pass it)."""
     speedups = _speedups(run)
     cases = {}
     for b in run["benchmarks"]:
@@ -231,24 +193,11 @@ def check_targets(run: dict[str, Any], targets: list[Target]) -> list[Verdict]:
         if info.get("timed") == END_TO_END and _key(b) in speedups:
             cases[info["case"]] = speedups[_key(b)]
     verdicts = []
-    for target in targets:
-        hits = sorted(case for case in cases if target.matches(case))
-        note = f"target {target.ratio:g}x"
-        if not hits:
-            verdicts.append(
-                Verdict(
-                    f"{target.pattern} [{END_TO_END}]",
-                    target.ratio,
-                    None,
-                    None,
-                    "unmatched",
-                    f"{note}; no end-to-end case with a speedup matches",
-                )
-            )
-        for case in hits:
-            speedup = cases[case]
-            status = "ok" if speedup >= target.ratio else "below-target"
-            verdicts.append(
-                Verdict(f"{case} [{END_TO_END}]", target.ratio, speedup, None, status, note)
-            )
+    for check in check_floors(cases, floors):
+        note = f"target {check.floor.ratio:g}x"
+        if check.case is None:
+            key, note = f"{check.floor.pattern} [{END_TO_END}]", f"{note}; no case matches"
+        else:
+            key = f"{check.case} [{END_TO_END}]"
+        verdicts.append(Verdict(key, check.floor.ratio, check.speedup, None, check.status, note))
     return verdicts

@@ -21,6 +21,7 @@ from supercharge.errors import SuperchargeError
 from supercharge.models import DEFAULT_MODEL
 
 _RESULTS = pytest.StashKey["SuiteResults"]()
+_FLOORS = pytest.StashKey[list]()  # floors.SpeedupFloor from [tool.supercharge.speedup_floors]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,13 +65,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _pyproject(config: pytest.Config) -> Path | None:
+    """The suite's pyproject.toml: pytest's config file when it is one, else the rootdir's."""
+    if config.inipath is not None and config.inipath.name == "pyproject.toml":
+        return config.inipath
+    candidate = config.rootpath / "pyproject.toml"
+    return candidate if candidate.is_file() else None
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    from supercharge.floors import load_floors
     from supercharge.report import SuiteResults
 
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
     config.stash[_RESULTS] = SuiteResults()
     try:
         _grid_selection(config)
+        pyproject = _pyproject(config)
+        config.stash[_FLOORS] = load_floors(pyproject) if pyproject else []
     except SuperchargeError as exc:
         raise pytest.UsageError(str(exc)) from None
     if config.getoption("--malloc") == "hold":
@@ -329,7 +341,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     from supercharge.report import write_report
 
-    written, text = write_report(results, _report_dir(config))
+    written, text = write_report(results, _report_dir(config), config.stash.get(_FLOORS, []))
     terminalreporter.section("supercharge report")
     terminalreporter.write_line(text)
     for path in written:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from supercharge.cases import Case
+from supercharge.floors import FloorCheck, SpeedupFloor, check_floors
 
 END_TO_END = "end-to-end"
 MODEL_ONLY = "model"
@@ -32,6 +34,14 @@ SPEED_COLUMNS = (
     ("iqr_ms", "IQR ms"),
     ("rounds", "rounds"),
     ("providers", "ran on"),
+)
+
+FLOOR_COLUMNS = (
+    ("case", "case"),
+    ("speedup", "speedup"),
+    ("floor", "floor"),
+    ("status", "verdict"),
+    ("pattern", "floor pattern"),
 )
 
 
@@ -90,6 +100,39 @@ def _baseline(t: Timing, row: Timing | None) -> tuple[float | None, float, str |
     return row.median_s, _spread(row), "run"
 
 
+def _baselines(timings: list[Timing]) -> list[tuple[float | None, float, str | None]]:
+    """`_baseline` of each timing, its row found among `timings`."""
+    rows = {(t.case.model, t.case.combo, t.case.batch_size, t.group): t for t in timings}
+    return [
+        _baseline(t, rows.get((t.case.model, t.case.combo.baseline(), t.case.batch_size, t.group)))
+        for t in timings
+    ]
+
+
+def end_to_end_speedups(timings: list[Timing]) -> dict[str, float]:
+    """Case id -> end-to-end speedup, unrounded (what speedup floors judge)."""
+    return {
+        t.case.id: base / t.median_s
+        for t, (base, _, _) in zip(timings, _baselines(timings), strict=True)
+        if t.group == END_TO_END and base is not None
+    }
+
+
+def floors_markdown(checks: list[FloorCheck]) -> str:
+    """The floors that matched a case of this run, met or not (others concern other runs)."""
+    shown = [
+        {
+            **c.as_dict(),
+            "floor": f"{c.floor.ratio:g}x",
+            "speedup": f"{c.speedup:.2f}x",
+            "status": "met" if c.status == "ok" else "NOT met",
+        }
+        for c in checks
+        if c.case is not None and c.speedup is not None
+    ]
+    return markdown_table(shown, FLOOR_COLUMNS) if shown else ""
+
+
 def speed_rows(timings: list[Timing]) -> list[dict[str, Any]]:
     """One row per timing with its speedup over the matching baseline (None when the baseline
     was not run in this session: a ratio across sessions would not be honest); `noisy` when the
@@ -97,11 +140,8 @@ def speed_rows(timings: list[Timing]) -> list[dict[str, Any]]:
 
     The baseline is the paired one (timed right before and after the case) where the case has
     it, else the baseline's own row of this run (`speedup_basis`: "paired" or "run")."""
-    baselines = {(t.case.model, t.case.combo, t.case.batch_size, t.group): t for t in timings}
     rows = []
-    for t in timings:
-        b = baselines.get((t.case.model, t.case.combo.baseline(), t.case.batch_size, t.group))
-        base, base_spread, basis = _baseline(t, b)
+    for t, (base, base_spread, basis) in zip(timings, _baselines(timings), strict=True):
         noisy = max(_spread(t), base_spread) > NOISY_SPREAD
         ran = t.ran.get("providers") or [t.ran.get("device", t.case.combo.device)]
         rows.append(
@@ -265,9 +305,13 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def write_report(results: SuiteResults, folder: Path) -> tuple[list[Path], str]:
+def write_report(
+    results: SuiteResults, folder: Path, floors: Sequence[SpeedupFloor] = ()
+) -> tuple[list[Path], str]:
     """Write speed.{md,json,png} and accuracy.{md,json} into `folder`; return the paths and the
-    text for the terminal. Files are replaced whole (temp file + rename), never half-written."""
+    text for the terminal. Files are replaced whole (temp file + rename), never half-written.
+    `floors` (floors.load_floors) are checked against the end-to-end speedups and reported:
+    a floor not met is shown, not raised (`supercharge gate --min-speedup` fails on it)."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     written: list[Path] = []
@@ -279,6 +323,16 @@ def write_report(results: SuiteResults, folder: Path) -> tuple[list[Path], str]:
     if results.timings:
         rows = speed_rows(results.timings)
         table = speed_markdown(rows)
+        checks = [
+            c
+            for c in check_floors(end_to_end_speedups(results.timings), floors)
+            if c.case is not None
+        ]
+        if checks:
+            table += (
+                "\n\n### Speedup floors ([tool.supercharge.speedup_floors])\n\n"
+                + floors_markdown(checks)
+            )
         text_parts.append(f"## Speed ({where})\n\n{table}")
         doc = (
             f"# Speed report\n\n{stamp}, {where}\n\nSpeedup: the case's median against PyTorch "
@@ -286,7 +340,12 @@ def write_report(results: SuiteResults, folder: Path) -> tuple[list[Path], str]:
             f"timing group, measured in the same run.\n\n{table}\n"
         )
         written.append(_atomic_write(folder / "speed.md", doc))
-        payload = {"created": stamp, "machine_info": info, "rows": rows}
+        payload = {
+            "created": stamp,
+            "machine_info": info,
+            "rows": rows,
+            "floors": [c.as_dict() for c in checks],
+        }
         written.append(_atomic_write(folder / "speed.json", json.dumps(payload, indent=2)))
         chart = bar_chart(rows, folder / "speed.png")
         if chart is not None:
