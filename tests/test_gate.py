@@ -203,3 +203,35 @@ def test_gate_cli_compares_and_holds_floors_in_one_call(tmp_path, run_cli):
     assert code == 1  # within 10% of the last run, but below the floor
     assert "ok          " in out and "below-target" in out
     assert "1 failing of 2 compared (max slowdown 10%) and 1 held to speedup floors" in out
+
+
+def test_gate_cli_reads_floors_from_a_pyproject(tmp_path, run_cli):
+    path, pyproject = tmp_path / "run.json", tmp_path / "pyproject.toml"
+    path.write_text(json.dumps(with_paired(run(0.040, 0.010), 3.1)))
+    pyproject.write_text(
+        "[tool.supercharge.speedup_floors]\n"
+        '"ort-cpu-baked-fp32-bs1" = 3.0\n'
+        '"eva02_large_patch14_448-ort-cpu-baked-fp32-bs1" = 1.5\n'  # another model: not run
+    )
+    code, out, _ = run_cli("gate", path, "--floors", pyproject)
+    assert code == 0, out
+    assert f"ok          {MODEL}-ort-cpu-baked-fp32-bs1" in out
+    assert "not-run     eva02_large_patch14_448-ort-cpu-baked-fp32-bs1" in out
+    assert "0 failing of 1 held to speedup floors" in out
+    pyproject.write_text('[tool.supercharge.speedup_floors]\n"ort-cpu-baked-*" = 3.5\n')
+    code, out, _ = run_cli("gate", path, "--floors", pyproject)
+    assert code == 1 and "below-target" in out
+    pyproject.write_text("[tool.supercharge.tolerances.fp32]\nmin_cosine = 0.9\n")
+    code, _, err = run_cli("gate", path, "--floors", pyproject)
+    assert code == 2 and err.count("\n") == 1 and "has no [tool.supercharge.speedup_floors]" in err
+
+
+def test_gate_cli_floors_default_to_the_nearest_pyproject(tmp_path, run_cli, monkeypatch):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(with_paired(run(0.040, 0.010), 3.1)))
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.supercharge.speedup_floors]\n"ort-cpu-baked-fp32-bs1" = 4\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli("gate", path, "--floors")
+    assert code == 1 and f"below-target {MODEL}-ort-cpu-baked-fp32-bs1" in out

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from supercharge.errors import SuperchargeError
+from supercharge.floors import SpeedupFloor, load_floors
 from supercharge.models import DEFAULT_MODEL
 
 
@@ -86,6 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable)",
     )
     ga.add_argument(
+        "--floors",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PYPROJECT",
+        help="also hold CURRENT to [tool.supercharge.speedup_floors] of PYPROJECT (default: the "
+        "nearest pyproject.toml); a floor no case matches is listed as not-run, not failed "
+        "(it may concern another model)",
+    )
+    ga.add_argument(
         "--max-slowdown",
         type=float,
         default=10.0,
@@ -155,15 +166,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _file_floors(path: str) -> list[SpeedupFloor]:
+    """--floors: the speedup floors of `path` ("": the nearest pyproject.toml); none: an error."""
+    from supercharge.config import find_pyproject
+
+    pyproject = path or find_pyproject()
+    if pyproject is None:
+        raise SuperchargeError("--floors: no pyproject.toml here or above: give its path")
+    floors = load_floors(pyproject)
+    if not floors:
+        raise SuperchargeError(
+            f"--floors: {pyproject} has no [tool.supercharge.speedup_floors]: add one, or use "
+            "--min-speedup PATTERN=RATIO"
+        )
+    return floors
+
+
 def cmd_gate(args: argparse.Namespace) -> int:
     from supercharge import gate
-    from supercharge.floors import SpeedupFloor
 
     targets = [SpeedupFloor.parse(text) for text in args.min_speedup]
-    if len(args.runs) > 2 or (len(args.runs) == 1 and not targets):
+    from_file = [] if args.floors is None else _file_floors(args.floors)
+    if len(args.runs) > 2 or (len(args.runs) == 1 and not (targets or from_file)):
         raise SuperchargeError(
             f"gate got {len(args.runs)} run(s): give BASELINE and CURRENT, or CURRENT alone "
-            "with --min-speedup"
+            "with --min-speedup or --floors"
         )
     current = gate.load_run(args.runs[-1])
     failing = {"regressed", "below-target", "unmatched"} | (
@@ -186,15 +213,18 @@ def cmd_gate(args: argparse.Namespace) -> int:
             )
     else:
         print(f"current  {current['_path']}")
-    floors = gate.floor_verdicts(current, targets)
+    floors = gate.floor_verdicts(current, targets) + gate.floor_verdicts(
+        current, from_file, required=False
+    )
     for verdict in verdicts + floors:
         print(verdict.line())
     bad = [v for v in verdicts + floors if v.status in failing]
     summary = []
     if len(args.runs) == 2:
         summary.append(f"{compared} compared (max slowdown {args.max_slowdown:g}%)")
-    if targets:
-        summary.append(f"{len(floors)} held to speedup floors")
+    held = sum(v.status in ("ok", "below-target", "unmatched") for v in floors)
+    if targets or from_file:
+        summary.append(f"{held} held to speedup floors")
     print(f"{len(bad)} failing of {' and '.join(summary)}")
     return 1 if bad else 0
 

@@ -32,7 +32,7 @@ class Verdict:
     current: float | None
     change: float | None  # fraction: +0.12 = 12% worse
     status: str  # "ok", "regressed", "missing", "new", "no-baseline", "below-target",
-    # "unmatched" (a speedup floor no case matched)
+    # "unmatched" (a speedup floor no case matched), "not-run" (the same, for a floor from a file)
     note: str = ""
 
     def line(self) -> str:
@@ -183,9 +183,12 @@ def machine_differences(baseline: dict[str, Any], current: dict[str, Any]) -> li
     return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in keys if a.get(k) != b.get(k)]
 
 
-def floor_verdicts(run: dict[str, Any], floors: list[SpeedupFloor]) -> list[Verdict]:
-    """`run`'s end-to-end cases held to `floors`: "ok", "below-target", or "unmatched" for a
-    floor no case with a speedup matches (a case left out of the grid cannot pass it)."""
+def floor_verdicts(
+    run: dict[str, Any], floors: list[SpeedupFloor], required: bool = True
+) -> list[Verdict]:
+    """`run`'s end-to-end cases held to `floors`: "ok", "below-target", or for a floor no case
+    with a speedup matches "unmatched" (required: a case left out of the grid cannot pass it)
+    or "not-run" (floors from a file, which may concern other models)."""
     speedups = _speedups(run)
     cases = {}
     for b in run["benchmarks"]:
@@ -197,6 +200,9 @@ def floor_verdicts(run: dict[str, Any], floors: list[SpeedupFloor]) -> list[Verd
         note = f"target {check.floor.ratio:g}x"
         if check.case is None:
             key, note = f"{check.floor.pattern} [{END_TO_END}]", f"{note}; no case matches"
+            if not required:
+                verdicts.append(Verdict(key, check.floor.ratio, None, None, "not-run", note))
+                continue
         else:
             key = f"{check.case} [{END_TO_END}]"
         verdicts.append(Verdict(key, check.floor.ratio, check.speedup, None, check.status, note))
