@@ -407,17 +407,67 @@ def build_seed_model(
 # --- the separable graph ------------------------------------------------------------------------
 
 
+BAND = 32  # outputs per MatMul in a separable pass (lite0, 600x400 -> 224: 32 fastest of 32-112)
+
+
+def _bands(w: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """[out, in] banded weights -> (out_lo, out_hi, in_lo, in_hi) per BAND outputs: the input
+    span the band's nonzero weights touch."""
+    bands = []
+    for lo in range(0, w.shape[0], BAND):
+        hi = min(lo + BAND, w.shape[0])
+        used = np.flatnonzero(np.any(w[lo:hi] != 0, axis=0))
+        bands.append((lo, hi, int(used[0]), int(used[-1]) + 1))
+    return bands
+
+
 def _resample_pass(
-    g: _Graph, x: str, in_size: int, out_size: int, spec: PreprocessSpec, axis: str
+    g: _Graph,
+    x: str,
+    in_size: int,
+    kept: tuple[int, int],
+    n_out: int,
+    spec: PreprocessSpec,
+    axis: int,
 ) -> str:
-    """One Pillow 1-D pass on an NCHW tensor: MatMul with Pillow's weights, then round + clip."""
-    if in_size == out_size:  # Pillow skips it; the weights would be the identity
-        return x
-    w = pil_resample.weights(in_size, out_size, spec.interpolation) / pil_resample.ONE
-    if axis == "w":  # [.., H, in_w] @ [in_w, out_w]
-        x = g.op("MatMul", x, g.const(w.T, np.float32, "weights_w"))
-    else:  # [out_h, in_h] @ [.., in_h, W]
-        x = g.op("MatMul", g.const(w, np.float32, "weights_h"), x)
+    """One Pillow 1-D pass over NCHW `axis` (2: H, 3: W) to `n_out` pixels, computing only the
+    outputs in `kept` ([begin, end), the crop window), then round + clip.
+
+    Pillow's weights are banded (a few taps per output), so a dense [in, out] MatMul spends
+    almost all of its multiplications on zeros: here each BAND of outputs is one MatMul over
+    just the input span its weights touch, and the bands are concatenated. Measured on a
+    600x400 photo to 224x224: 0.34 ms for both passes, against 1.06 ms dense and 1.1 ms for
+    two antialiased Resize nodes; exact against Pillow (float32 sums of 22-bit weights).
+    """
+    begin, end = kept
+    if in_size == n_out:  # Pillow skips the pass: only the crop is left
+        if (begin, end) == (0, n_out):
+            return x
+        return g.op(
+            "Slice",
+            x,
+            g.const([begin], np.int64, "begin"),
+            g.const([end], np.int64, "end"),
+            g.const([axis], np.int64, "axis"),
+        )
+    w = pil_resample.weights(in_size, n_out, spec.interpolation)[begin:end] / pil_resample.ONE
+    parts = []
+    for lo, hi, s, e in _bands(w):
+        span = x
+        if (s, e) != (0, in_size):
+            span = g.op(
+                "Slice",
+                x,
+                g.const([s], np.int64, "begin"),
+                g.const([e], np.int64, "end"),
+                g.const([axis], np.int64, "axis"),
+            )
+        band = w[lo:hi, s:e]
+        if axis == 3:  # [.., H, span] @ [span, band]
+            parts.append(g.op("MatMul", span, g.const(band.T, np.float32, "weights_w")))
+        else:  # [band, span] @ [.., span, W]
+            parts.append(g.op("MatMul", g.const(band, np.float32, "weights_h"), span))
+    x = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=axis)
     return _round_clip(g, x)
 
 
@@ -431,10 +481,10 @@ def build_separable_model(
 ) -> onnx.ModelProto:
     """uint8 NHWC images of one fixed size -> model input, with no Resize node at all.
 
-    Pillow's two 1-D passes as MatMuls with its quantised weights (pil_resample.weights), each
-    followed by round + clip as Pillow rounds between passes, in the order of
-    `array_impl.pass_order` (Pillow's own rule). The geometry is
-    static, so pads and crop are constants. Any Pillow filter works here.
+    Pillow's two 1-D passes as banded MatMuls with its quantised weights (pil_resample.weights),
+    each computing only the rows or columns the center crop keeps and followed by round + clip as
+    Pillow rounds between passes, in the order of `array_impl.pass_order` (Pillow's own rule).
+    The geometry is static, so pads and crop are constants. Any Pillow filter works here.
     """
     _check_opset(opset)
     if not (isinstance(in_h, int) and isinstance(in_w, int) and in_h > 0 and in_w > 0):
@@ -443,18 +493,25 @@ def build_separable_model(
         raise ValueError(f"interpolation {spec.interpolation!r} is not a Pillow filter")
     geo = spec.geometry(in_h, in_w)
     out_h, out_w = geo.resized
+    left, top, right, bottom = geo.pad
     g = _Graph()
     x = _to_float(g, g.op("Transpose", INPUT_NAME, perm=[0, 3, 1, 2]))
-    passes = [("w", in_w, out_w), ("h", in_h, out_h)]
+
+    def kept(origin: int, padded: bool, n_out: int, target: int) -> tuple[int, int]:
+        # a padded axis keeps all it has (the pad fills it to the target), another the crop
+        return (0, n_out) if padded else (origin, origin + target)
+
+    th, tw = geo.out
+    passes = [
+        (3, in_w, kept(geo.left, bool(left or right), out_w, tw), out_w),
+        (2, in_h, kept(geo.top, bool(top or bottom), out_h, th), out_h),
+    ]
     if pass_order(in_h, in_w, out_h, out_w) == "vh":
         passes.reverse()
-    for axis, n_in, n_out in passes:
-        x = _resample_pass(g, x, n_in, n_out, spec, axis)
-    left, top, right, bottom = geo.pad
+    for axis, n_in, window, n_out in passes:
+        x = _resample_pass(g, x, n_in, window, n_out, spec, axis)
     pads = np.array([top, left, bottom, right]) if any(geo.pad) else None
-    padded = (out_h + top + bottom, out_w + left + right)
-    starts = None if padded == geo.out else np.array([geo.top, geo.left])
-    _pad_crop_normalise(g, x, spec, pads, starts)
+    _pad_crop_normalise(g, x, spec, pads, None)
     return g.model(
         "separable_preprocess",
         [_image_input(in_h, in_w)],
