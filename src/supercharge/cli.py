@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--preprocess",
         choices=PREPROCESS,
         default="timm",
-        help="timm (PIL reference), numpy, cupy (GPU), baked into the ONNX graph, or the "
-        "blog post's flawed 'seed' graph (baked and seed need an ort-* backend)",
+        help="timm (PIL reference), numpy, cupy (GPU), baked into the ONNX graph (any size), "
+        "separable (baked, one graph per image size), or the blog post's flawed 'seed' graph "
+        "(the baked ones need an ort-* backend)",
     )
     pr.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
 

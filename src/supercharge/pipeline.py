@@ -1,10 +1,11 @@
 """A preprocessing choice plus a runner: decoded images in, host logits out.
 
 The preprocessing names are the suite's axis: `timm` (PIL, the reference), `numpy` and `cupy`
-(one array-namespace implementation), `baked` (the eval transform inside the ONNX graph, fed
-decoded uint8 NHWC images) and `seed` (the blog post's flawed baked graph, fed float NCHW).
-Baked graphs take one image size per call: consecutive images of one size go in one batch, a
-change of size starts the next.
+(one array-namespace implementation), `baked` (the eval transform inside the ONNX graph, any
+image size, fed decoded uint8 NHWC images), `separable` (the same, built for each image size the
+pipeline meets: Pillow's passes as banded MatMuls over the crop window, no Resize node) and
+`seed` (the blog post's flawed baked graph, fed float NCHW). Baked graphs take one image size per
+call: consecutive images of one size go in one batch, a change of size starts the next.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
     from supercharge.cache import ArtifactCache
     from supercharge.models import ModelBundle
 
-PREPROCESS = ("timm", "numpy", "cupy", "baked", "seed")
-BAKED = ("baked", "seed")
+PREPROCESS = ("timm", "numpy", "cupy", "baked", "separable", "seed")
+BAKED = ("baked", "separable", "seed")
 
 
 @dataclass
@@ -36,6 +37,12 @@ class Pipeline:
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Decoded images -> float32 host logits [len(images), classes], end to end."""
         return np.concatenate([self.runner.run(batch) for batch in self.feed(images)])
+
+    def prepare_for(self, images: Sequence[Image.Image]) -> None:
+        """The one-off work these images need before timing: a separable graph is built and
+        loaded for each new image size (runners.per_size); nothing for the other pipelines."""
+        for batch in self.feed(images):
+            self.runner.prepare_input(batch)
 
     def placed_batches(self, images: Sequence[Image.Image]) -> list[Any]:
         """Preprocess and place once, outside any timing: what runner.run_placed() takes.
@@ -82,7 +89,7 @@ def make_feed(
         if preprocess == "cupy" and device != "cpu":
             return lambda images: [array_pre([np.asarray(im) for im in images])]
         return lambda images: [_host(array_pre([np.asarray(im) for im in images]))]
-    if preprocess == "baked":
+    if preprocess in ("baked", "separable"):
         return lambda images: same_size_batches([np.asarray(im) for im in images])
     if preprocess == "seed":
         return lambda images: [
@@ -128,7 +135,8 @@ def build_pipeline(
 
     batch_sizes are the batch sizes the runner warms up for (TensorRT builds its profile for
     them); options are the backend's keywords (supercharge.runners.BACKENDS[backend].options).
-    A baked preprocessing ("baked", "seed") selects the merged ONNX graph and feeds it images.
+    A baked preprocessing ("baked", "separable", "seed") selects the merged ONNX graph and feeds
+    it images ("separable": one graph per image size, built when the size first arrives).
     """
     from supercharge.runners.base import backend_spec
 

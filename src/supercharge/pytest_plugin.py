@@ -52,7 +52,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--preprocess",
         default=None,
-        help="comma-separated preprocessing (default: all): timm,numpy,cupy,baked,seed",
+        help="comma-separated preprocessing (default: all): timm,numpy,cupy,baked,separable,seed",
     )
     group.addoption(
         "--precisions", default=None, help="comma-separated precisions (default: all): fp32,..."

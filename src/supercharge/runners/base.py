@@ -55,6 +55,11 @@ class Runner(ABC):
         """The output of run_placed() as float32 host logits [N, classes]."""
         return np.asarray(out, dtype=np.float32)
 
+    def prepare_input(self, batch: Any) -> None:
+        """One-off work a batch like this one needs before it can be timed (nothing, except
+        for graphs built per image size: runners.per_size)."""
+        return None
+
     def run(self, batch: np.ndarray) -> np.ndarray:
         """The graph's input batch on the host (float32 NCHW for a plain model, uint8 NHWC
         for a baked one) -> float32 logits [N, classes] on the host."""
@@ -66,7 +71,8 @@ class Runner(ABC):
 
 
 # (bundle, cache, graph, precision, **options) -> unprepared runner. `graph` names the ONNX graph
-# to run: "model" is the plain export, "baked" / "seed" the model merged with a preprocessing graph.
+# to run: "model" is the plain export, "baked" / "seed" / "separable" the model merged with a
+# preprocessing graph ("separable" is built per image size: options then carry image_size).
 RunnerFactory = Callable[..., Runner]
 
 
@@ -82,7 +88,7 @@ class BackendSpec:
     onnx: bool  # runs ONNX graphs (so baked preprocessing graphs too)
 
 
-GRAPHS = ("model", "baked", "seed")
+GRAPHS = ("model", "baked", "seed", "separable")
 
 
 def onnx_graph_path(
@@ -91,10 +97,12 @@ def onnx_graph_path(
     graph: str = "model",
     precision: str = "fp32",
     calibration: Any = None,
+    image_size: tuple[int, int] | None = None,
 ) -> Path:
     """The cached ONNX file for `graph` at `precision`.
 
-    graph: "model" (the plain export) or "baked" / "seed" (a preprocessing graph merged in front).
+    graph: "model" (the plain export) or "baked" / "seed" / "separable" (a preprocessing graph
+    merged in front; "separable" is for one image_size=(h, w)).
     precision "int8" swaps the fp32 export for its static QDQ quantisation (runners.quantize),
     also under a baked graph; every other precision runs the fp32 export (TensorRT lowers it).
     """
@@ -112,16 +120,23 @@ def onnx_graph_path(
         return source.file(MODEL_FILE)
     from supercharge.preprocess.merge import merged_model
 
-    return merged_model(bundle, cache, graph, onnx_artifact=source).file(MODEL_FILE)
+    return merged_model(bundle, cache, graph, image_size=image_size, onnx_artifact=source).file(
+        MODEL_FILE
+    )
 
 
-def default_input_shape(bundle: ModelBundle, graph: str) -> tuple[int, ...] | None:
+def default_input_shape(
+    bundle: ModelBundle, graph: str, image_size: tuple[int, int] | None = None
+) -> tuple[int, ...] | None:
     """Non-batch input dims for warm-up and TensorRT profiles when the graph leaves them open.
 
     The plain export fixes C, H, W; a baked graph takes any image size, so warm-ups use an image
-    of the model's own input size (uint8 NHWC for "baked", float NCHW for "seed").
+    of the model's own input size (uint8 NHWC for "baked", float NCHW for "seed"); a separable
+    graph takes its one image size.
     """
     channels, height, width = bundle.input_size
+    if graph == "separable" and image_size is not None:
+        return (*image_size, channels)
     if graph == "baked":
         return (height, width, channels)
     if graph == "seed":
@@ -155,9 +170,9 @@ def _ort_cpu(
 ) -> Runner:
     from supercharge.runners.ort_runner import OrtRunner
 
-    calibration = options.pop("calibration", None)
-    path = onnx_graph_path(bundle, cache, graph, precision, calibration)
-    options.setdefault("input_shape", default_input_shape(bundle, graph))
+    calibration, size = options.pop("calibration", None), options.pop("image_size", None)
+    path = onnx_graph_path(bundle, cache, graph, precision, calibration, size)
+    options.setdefault("input_shape", default_input_shape(bundle, graph, size))
     # a baked graph runs back to back with nothing on the host between: spinning pays there
     options.setdefault("spinning", graph != "model")
     return OrtRunner(path, backend="ort-cpu", precision=precision, **options)
@@ -169,8 +184,9 @@ def _ort_cuda(
     from supercharge.runners.ort_cuda import OrtCudaRunner
 
     _cuda_required("ort-cuda")
-    options.setdefault("input_shape", default_input_shape(bundle, graph))
-    path = onnx_graph_path(bundle, cache, graph, precision)
+    size = options.pop("image_size", None)
+    options.setdefault("input_shape", default_input_shape(bundle, graph, size))
+    path = onnx_graph_path(bundle, cache, graph, precision, image_size=size)
     return OrtCudaRunner(path, precision=precision, **options)
 
 
@@ -180,8 +196,9 @@ def _ort_trt(
     from supercharge.runners.ort_trt import OrtTrtRunner
 
     _cuda_required("ort-trt")
-    options.setdefault("input_shape", default_input_shape(bundle, graph))
-    path = onnx_graph_path(bundle, cache, graph, "fp32")  # TensorRT builds fp16 itself
+    size = options.pop("image_size", None)
+    options.setdefault("input_shape", default_input_shape(bundle, graph, size))
+    path = onnx_graph_path(bundle, cache, graph, "fp32", image_size=size)  # TRT builds fp16
     return OrtTrtRunner(path, cache=cache, precision=precision, **options)
 
 
@@ -276,6 +293,13 @@ def create_runner(
             f"backend {backend!r} has no option {', '.join(unknown)}: "
             f"its options are {', '.join(spec.options)}"
         )
+    if graph == "separable":  # one graph per image size: built when a size first arrives
+        from supercharge.runners.per_size import PerSizeRunner
+
+        def make(size: tuple[int, int]) -> Runner:
+            return spec.factory(bundle, cache, graph, precision, image_size=size, **options)
+
+        return PerSizeRunner(make, backend, precision, spec.device)
     runner = spec.factory(bundle, cache, graph, precision, **options)
     runner.prepare()
     return runner

@@ -1,0 +1,100 @@
+"""One runner per image size, for graphs built for a single input size (the separable graph).
+
+The separable preprocessing graph bakes Pillow's resampling weights and the crop for one image
+size into the ONNX file (no Resize node, so it is faster on CPU and TensorRT runs it whole). A
+camera feed has one size; a folder of photos has a few. `PerSizeRunner` builds the graph, the
+session and the warm-up for a size the first time it sees it (`prepare_input`, which a benchmark
+calls before timing) and keeps the `capacity` most recently used runners; the artifacts stay in
+the cache, so a size seen again after eviction costs a session, not a build.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from supercharge.errors import SuperchargeError
+from supercharge.runners.base import Runner
+
+Size = tuple[int, int]
+CAPACITY = 4  # sizes held at once; each holds a session with its own copy of the weights
+
+
+@dataclass(frozen=True)
+class Sized:
+    """A placed batch or an output, with the runner of its image size."""
+
+    runner: Runner
+    value: Any
+
+
+def image_size(batch: Any) -> Size:
+    """(H, W) of an NHWC image batch (numpy or cupy)."""
+    shape = tuple(batch.shape)
+    if len(shape) != 4 or shape[3] != 3:
+        raise SuperchargeError(
+            f"a separable graph takes uint8 NHWC RGB batches, got shape {shape}: pass decoded "
+            "images through the pipeline"
+        )
+    return int(shape[1]), int(shape[2])
+
+
+class PerSizeRunner(Runner):
+    """Delegates each batch to the prepared runner of its image size, made by `make(size)`."""
+
+    def __init__(
+        self,
+        make: Callable[[Size], Runner],
+        backend: str,
+        precision: str,
+        device: str,
+        capacity: int = CAPACITY,
+    ) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity {capacity} must be at least 1")
+        self.make = make
+        self.backend = backend
+        self.precision = precision
+        self.device = device
+        self.capacity = capacity
+        self._runners: OrderedDict[Size, Runner] = OrderedDict()
+        self.built: list[Size] = []  # every size a runner was made for, in order (evictions too)
+
+    def prepare(self) -> None:
+        """Nothing to do before the first batch: the graph depends on its image size."""
+
+    def prepare_input(self, batch: Any) -> None:
+        self.runner_for(image_size(batch))
+
+    def runner_for(self, size: Size) -> Runner:
+        runner = self._runners.get(size)
+        if runner is None:
+            runner = self.make(size)
+            runner.prepare()
+            self.built.append(size)
+            self._runners[size] = runner
+            while len(self._runners) > self.capacity:
+                self._runners.popitem(last=False)
+        self._runners.move_to_end(size)
+        return runner
+
+    def place(self, batch: Any) -> Sized:
+        runner = self.runner_for(image_size(batch))
+        return Sized(runner, runner.place(batch))
+
+    def run_placed(self, placed: Sized) -> Sized:
+        return Sized(placed.runner, placed.runner.run_placed(placed.value))
+
+    def to_host(self, out: Sized) -> np.ndarray:
+        return out.runner.to_host(out.value)
+
+    def describe(self) -> dict[str, Any]:
+        """The most recently used size's runner, plus the sizes held."""
+        base = {"backend": self.backend, "precision": self.precision, "device": self.device}
+        if self._runners:
+            base = next(reversed(self._runners.values())).describe()
+        return {**base, "image_sizes": [list(s) for s in self._runners]}
