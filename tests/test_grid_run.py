@@ -37,7 +37,7 @@ def grid_run(tmp_path_factory, suite_in_subprocess):
         "--backends",
         "torch-cpu,ort-cpu,torch-cuda",
         "--preprocess",
-        "timm,numpy,baked",
+        "timm,numpy,baked,separable",
         "--report-dir",
         str(tmp / "report"),
         f"--benchmark-json={tmp / 'bench.json'}",
@@ -50,7 +50,14 @@ def test_grid_run_passes_and_reports_every_cpu_case(grid_run):
     result, tmp = grid_run
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     rows = json.loads((tmp / "report" / "speed.json").read_text())["rows"]
-    combos = {"torch-cpu-timm", "torch-cpu-numpy", "ort-cpu-timm", "ort-cpu-numpy", "ort-cpu-baked"}
+    combos = {
+        "torch-cpu-timm",
+        "torch-cpu-numpy",
+        "ort-cpu-timm",
+        "ort-cpu-numpy",
+        "ort-cpu-baked",
+        "ort-cpu-separable",
+    }
     expected = {
         (f"test_efficientnet-{c}-fp32-bs{bs}", group)
         for c in combos
@@ -84,7 +91,7 @@ def test_grid_run_records_what_ran_in_extra_info(grid_run):
         assert info["case"] in bench["name"] or info["case"] in bench["fullname"]
         assert info["timed"] in (END_TO_END, MODEL_ONLY)
         assert info["backend"] in ("torch-cpu", "ort-cpu") and info["precision"] == "fp32"
-        assert info["preprocess"] in ("timm", "numpy", "baked")
+        assert info["preprocess"] in ("timm", "numpy", "baked", "separable")
         assert info["batch_size"] in (1, 2) and info["case"].endswith(f"bs{info['batch_size']}")
         per_s = info["batch_size"] / bench["stats"]["median"]
         assert info["images_per_s"] == pytest.approx(per_s, rel=1e-3)

@@ -31,6 +31,10 @@ class Sized:
     runner: Runner
     value: Any
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape)
+
 
 def image_size(batch: Any) -> Size:
     """(H, W) of an NHWC image batch (numpy or cupy)."""
