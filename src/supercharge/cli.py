@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="build or reuse the ONNX artifacts",
         description="Build or reuse the fp32 ONNX export, the model with baked and seed "
         "preprocessing merged in front, and the static int8 model (calibrated on "
-        "fixtures/images) with baked preprocessing; print each path and built|reused.",
+        "fixtures/images) with baked preprocessing, and with --image-size the separable graphs "
+        "for those image sizes; print each path and built|reused.",
     )
     ex.add_argument(
         "--skip",
@@ -66,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="leave out the int8 artifacts (calibration takes a few seconds per model)",
+    )
+    ex.add_argument(
+        "--image-size",
+        action="append",
+        default=[],
+        metavar="HxW",
+        help="also build the separable graphs (preprocessing for this one image size, fp32 and "
+        "int8), e.g. 480x640 for a VGA camera; repeatable",
     )
 
     ga = sub.add_parser(
@@ -139,6 +148,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_image_size(text: str) -> tuple[int, int]:
+    """ "480x640" -> (480, 640): height x width, as the separable graph is built for."""
+    h, sep, w = text.lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        raise SuperchargeError(f"--image-size {text!r}: give HEIGHTxWIDTH in pixels, e.g. 480x640")
+    return int(h), int(w)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Build or reuse every ONNX artifact the CPU grid runs: the export, the preprocessing-merged
     graphs, the int8 model and its merged graph. A cache hit never loads the model."""
@@ -148,17 +165,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     from supercharge.preprocess.merge import merged_model
     from supercharge.runners.quantize import quantized_model
 
+    sizes = [parse_image_size(text) for text in args.image_size]  # before any work
     start = time.perf_counter()
     cache = ArtifactCache(args.artifact_dir)
     ref = resolve_model(args.model, args.weights)
     fp32 = export_onnx(ref, cache)
     built = [("onnx-model", fp32)]
     built += [(f"merged-{v}", merged_model(ref, cache, v, onnx_artifact=fp32)) for v in EXPORTED]
+    built += [
+        (f"merged-separable-{h}x{w}", merged_model(ref, cache, "separable", image_size=(h, w)))
+        for h, w in sizes
+    ]
     if "int8" not in args.skip:
         int8 = quantized_model(ref, cache)
         built += [
             ("int8", int8),
             ("int8-merged-baked", merged_model(ref, cache, onnx_artifact=int8)),
+        ]
+        built += [
+            (
+                f"int8-merged-separable-{h}x{w}",
+                merged_model(ref, cache, "separable", image_size=(h, w), onnx_artifact=int8),
+            )
+            for h, w in sizes
         ]
     for label, artifact in built:
         state = "built" if artifact.built else "reused"

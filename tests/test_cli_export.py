@@ -1,0 +1,43 @@
+"""`supercharge export --image-size`: the separable graphs for given image sizes, and bad sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from supercharge.cli import parse_image_size
+
+
+@pytest.mark.parametrize("text, size", [("480x640", (480, 640)), ("300X451", (300, 451))])
+def test_image_sizes_read_height_by_width(text, size):
+    assert parse_image_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["480", "480x", "x640", "0x640", "480x-1", "480by640", "4.5x6"])
+def test_a_bad_image_size_stops_before_any_work(run_cli, tmp_path, text):
+    artifacts = tmp_path / "artifacts"
+    code, out, err = run_cli(
+        "export", "--model", "test_resnet", "--weights", "random", "--artifact-dir", artifacts,
+        "--image-size", text,
+    )  # fmt: skip
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"--image-size {text!r}: give HEIGHTxWIDTH" in err
+    assert not artifacts.exists() or not any(artifacts.iterdir())
+
+
+def test_export_builds_separable_graphs_for_each_size(run_cli, tmp_path):
+    args = ["export", "--model", "test_resnet", "--weights", "random"]
+    args += ["--artifact-dir", tmp_path / "artifacts", "--image-size", "40x60"]
+    code, out, _ = run_cli(*args)
+    assert code == 0
+    lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
+    path = lines["merged-separable-40x60 built"]
+    assert "int8-merged-separable-40x60 built" in lines
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (image,) = session.get_inputs()
+    assert image.shape == ["N", 40, 60, 3] and image.type == "tensor(uint8)"
+    logits = session.run(None, {image.name: np.zeros((2, 40, 60, 3), np.uint8)})[0]
+    assert logits.shape[0] == 2
+    code, out, _ = run_cli(*args)  # a second run reuses them all
+    assert code == 0 and "built" not in out and "merged-separable-40x60 reused" in out
