@@ -14,11 +14,17 @@ def _first_block(out: str) -> list[tuple[str, float]]:
     return [(label, float(p)) for label, p in rows]
 
 
-@pytest.mark.parametrize("backend", ["torch-cpu", "ort-cpu"])
-def test_pretrained_default_model_says_espresso(run_cli, coffee, artifact_cache, backend):
+@pytest.mark.parametrize(
+    "backend, preprocess",
+    [("torch-cpu", "timm"), ("ort-cpu", "timm"), ("ort-cpu", "baked"), ("ort-cpu", "separable")],
+)
+def test_pretrained_default_model_says_espresso(
+    run_cli, coffee, artifact_cache, backend, preprocess
+):
     code, out, err = run_cli(
-        "predict", coffee, "--backend", backend, "--artifact-dir", artifact_cache.root
-    )
+        "predict", coffee, "--backend", backend, "--preprocess", preprocess,
+        "--artifact-dir", artifact_cache.root,
+    )  # fmt: skip
     assert code == 0, err
     rows = _first_block(out)
     assert len(rows) == 5
