@@ -25,9 +25,16 @@ class Clock:
     def __init__(self) -> None:
         self.now = 0.0
         self.slowdown = 1.0
+        self.sleeps: list[float] = []  # when each idle period began
+        self.on_sleep = lambda: None
 
     def __call__(self) -> float:
         return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(self.now)
+        self.on_sleep()
+        self.now += seconds
 
     def work(self, seconds: float):
         def fn() -> float:
@@ -69,7 +76,7 @@ class FakeBenchmark:
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
     clock = Clock()
-    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=clock))
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=clock, sleep=clock.sleep))
     return clock
 
 
@@ -116,6 +123,29 @@ def test_the_baseline_is_timed_on_both_sides_of_the_case(clock):
     assert all(20 <= n - 1 <= 22 for _, n in runs[1::2])  # ceil() of a ratio of float times
 
 
+def test_each_side_of_the_pairing_starts_after_an_idle_settle(clock):
+    """Spinning threads of whatever ran last get SETTLE_S to give their cores back before the
+    baseline burst, the case's rounds, and the baseline burst after them."""
+    calls: list[str] = []
+    clock.on_sleep = lambda: calls.append("idle")
+    work = clock.work(0.001)
+
+    def tagged(name):
+        def fn():
+            calls.append(name)
+            return work()
+
+        return fn
+
+    time_call(
+        FakeBenchmark(clock), tagged("case"), CASE, END_TO_END, {}, SuiteResults(),
+        reference=tagged("baseline"),
+    )  # fmt: skip
+    runs = [name for name, _ in itertools.groupby(calls)]
+    assert runs == ["case", "idle", "baseline", "idle", "case", "idle", "baseline"]
+    assert all(b - a >= timing.SETTLE_S for a, b in itertools.pairwise(clock.sleeps))
+
+
 def test_the_machine_moving_during_a_case_is_recorded_as_drift(clock):
     bench = FakeBenchmark(clock)
     case, calls = clock.work(0.001), []
@@ -151,4 +181,4 @@ def test_a_disabled_benchmark_runs_once_and_records_nothing(clock):
 
 def test_probe_takes_at_least_its_floor_of_rounds(clock):
     samples = probe(clock.work(1.0), budget_s=0.5)  # slower than the whole budget
-    assert samples == [1.0] * MIN_PROBE_ROUNDS
+    assert samples == pytest.approx([1.0] * MIN_PROBE_ROUNDS)

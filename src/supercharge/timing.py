@@ -30,6 +30,11 @@ MIN_ROUNDS = 10
 MAX_ROUNDS = 1000
 PROBE_SHARE = 0.2  # of the case's time budget, for the paired baseline on each side of it
 MIN_PROBE_ROUNDS = 3
+# Idle time before each side of a pairing. A baked-graph session's ORT threads spin for a while
+# after its last run (as PyTorch's OpenMP threads do), holding cores the next runtime needs:
+# without it the baseline burst right after a spinning case measured 20-40% IQR (1-4% after a
+# non-spinning one), with ~1% drift, i.e. the case slowed its own reference.
+SETTLE_S = 0.05
 
 
 def plan_rounds(seconds_per_call: float, budget_s: float, min_rounds: int = MIN_ROUNDS) -> int:
@@ -41,7 +46,8 @@ def plan_rounds(seconds_per_call: float, budget_s: float, min_rounds: int = MIN_
 
 def probe(fn: Callable[[], Any], budget_s: float) -> list[float]:
     """Seconds per call of `fn` over a short burst filling `budget_s` (at least
-    MIN_PROBE_ROUNDS calls), after one untimed call that also sizes the burst."""
+    MIN_PROBE_ROUNDS calls), after SETTLE_S idle and one untimed call that sizes the burst."""
+    time.sleep(SETTLE_S)
     start = time.perf_counter()
     fn()
     rounds = plan_rounds(time.perf_counter() - start, budget_s, MIN_PROBE_ROUNDS)
@@ -96,7 +102,10 @@ def time_call(
             "runner": ran,
         }
     )
-    before = probe(reference, PROBE_SHARE * budget) if reference is not None else []
+    before = []
+    if reference is not None:
+        before = probe(reference, PROBE_SHARE * budget)
+        time.sleep(SETTLE_S)  # the reference's threads, done spinning before the case
     out = benchmark.pedantic(fn, warmup_rounds=1, rounds=rounds, iterations=1)
     after = probe(reference, PROBE_SHARE * budget) if reference is not None else []
     stats = benchmark.stats.stats
