@@ -136,6 +136,15 @@ def test_floors_matched_by_this_run_are_reported_met_or_not_and_others_left_out(
     assert saved[0]["speedup"] == 4.0
 
 
+def test_a_floor_on_a_noisy_speedup_says_so(tmp_path):
+    from supercharge.floors import SpeedupFloor
+
+    results = sample()
+    results.timings[1] = replace(results.timings[1], iqr_s=0.005)  # 50% of its median
+    _, text = write_report(results, tmp_path, [SpeedupFloor("ort-cpu-baked-fp32-bs1", 3.0)])
+    assert f"| {MODEL}-ort-cpu-baked-fp32-bs1 | 4.00x (noisy) | 3x | met |" in text
+
+
 def test_without_floors_the_report_has_no_floor_section(tmp_path):
     _, text = write_report(sample(), tmp_path)
     assert "Speedup floors" not in text

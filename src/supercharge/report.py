@@ -118,13 +118,14 @@ def end_to_end_speedups(timings: list[Timing]) -> dict[str, float]:
     }
 
 
-def floors_markdown(checks: list[FloorCheck]) -> str:
-    """The floors that matched a case of this run, met or not (others concern other runs)."""
+def floors_markdown(checks: list[FloorCheck], noisy: frozenset[str] = frozenset()) -> str:
+    """The floors that matched a case of this run, met or not (others concern other runs);
+    a speedup from `noisy` cases is marked, as in the speed table."""
     shown = [
         {
             **c.as_dict(),
             "floor": f"{c.floor.ratio:g}x",
-            "speedup": f"{c.speedup:.2f}x",
+            "speedup": f"{c.speedup:.2f}x" + (" (noisy)" if c.case in noisy else ""),
             "status": "met" if c.status == "ok" else "NOT met",
         }
         for c in checks
@@ -331,7 +332,10 @@ def write_report(
         if checks:
             table += (
                 "\n\n### Speedup floors ([tool.supercharge.speedup_floors])\n\n"
-                + floors_markdown(checks)
+                + floors_markdown(
+                    checks,
+                    frozenset(r["case"] for r in rows if r["group"] == END_TO_END and r["noisy"]),
+                )
             )
         text_parts.append(f"## Speed ({where})\n\n{table}")
         doc = (
