@@ -23,9 +23,9 @@ from supercharge.preprocess.compare import LevelDiff, level_diff, to_levels
 from supercharge.preprocess.merge import _PREFIX as PREFIX
 from supercharge.preprocess.merge import DATA_FILE, KIND, merged_model, save_checked
 from supercharge.preprocess.onnx_graph import (
+    BAND,
     INPUT_NAME,
     OUTPUT_NAME,
-    RESIZE_NODE,
     build_preprocess_model,
     build_seed_model,
     build_separable_model,
@@ -86,32 +86,15 @@ def resize_attrs(model: onnx.ModelProto) -> dict:
     return _attrs(node)
 
 
-def baked_resizes(graph: onnx.GraphProto) -> dict[str, list[dict]]:
-    """The baked graph's Resize passes, in order, per If branch: {"vertical_first": [...], ...}.
-
-    Walks the If node that picks Pillow's pass order (wherever a merge put it).
-    """
+def baked_branches(graph: onnx.GraphProto) -> dict[str, list[str]]:
+    """The op types of each branch of the If node that picks Pillow's pass order."""
     (node,) = [n for n in graph.node if n.op_type == "If"]
     return {
-        branch.name.removeprefix(PREFIX): [_attrs(n) for n in branch.node if n.op_type == "Resize"]
+        branch.name.removeprefix(PREFIX): [n.op_type for n in branch.node]
         for branch in (
             onnx.helper.get_attribute_value(a) for a in node.attribute if a.type == a.GRAPH
         )
     }
-
-
-def assert_pillow_passes(graph: onnx.GraphProto, mode: bytes) -> None:
-    """Two 1-D antialiased passes per branch: vertical first in one, horizontal in the other."""
-    passes = baked_resizes(graph)
-    axes = {name: [r["axes"] for r in rs] for name, rs in passes.items()}
-    assert axes == {"vertical_first": [[2], [3]], "horizontal_first": [[3], [2]]}  # NCHW
-    for attrs in (r for rs in passes.values() for r in rs):
-        assert RESIZE_NODE in attrs["name"]  # merge_models prefixes it
-        assert attrs["mode"] == mode and attrs["antialias"] == 1
-        assert attrs["coordinate_transformation_mode"] == b"half_pixel"
-        if mode == b"cubic":
-            assert attrs["cubic_coeff_a"] == pytest.approx(-0.5)
-            assert attrs["exclude_outside"] == 1
 
 
 def assert_within_bound(diff: LevelDiff, what: str) -> None:
@@ -135,16 +118,36 @@ def test_chosen_configs_cover_the_crop_modes_and_sizes():
 # --- the Resize node ----------------------------------------------------------------------------
 
 
-def test_bicubic_resize_nodes_are_pillows_two_passes():
-    """Pillow's filter in two 1-D passes, each rounded to uint8 levels, in Pillow's order."""
-    model = build_preprocess_model(spec_of(DEFAULT))
+@pytest.mark.parametrize("name", [DEFAULT, BILINEAR])
+def test_baked_passes_are_banded_matmuls_in_both_orders(name):
+    """No Resize node: each branch of the pass-order If holds two banded passes, a MatMul per
+    BAND outputs of the crop window (224 / 32 = 7 per pass), each rounded to uint8 levels."""
+    spec = spec_of(name)
+    model = build_preprocess_model(spec)
     onnx.checker.check_model(model, full_check=True)
-    assert not [n for n in model.graph.node if n.op_type == "Resize"]  # all inside the If
-    assert_pillow_passes(model.graph, b"cubic")
+    assert not [n for n in model.graph.node if n.op_type in ("Resize", "MatMul")]  # in the If
+    branches = baked_branches(model.graph)
+    assert set(branches) == {"vertical_first", "horizontal_first"}
+    for ops in branches.values():
+        assert "Resize" not in ops
+        bands = sum(-(-side // BAND) for side in spec.input_size)
+        assert ops.count("MatMul") == bands and ops.count("Floor") >= 2
 
 
-def test_bilinear_model_gets_linear_resize():
-    assert_pillow_passes(build_preprocess_model(spec_of(BILINEAR)).graph, b"linear")
+@pytest.mark.parametrize("name", [DEFAULT, BILINEAR, SQUASH, PADDED, BORDER])
+def test_baked_graph_equals_the_separable_graph_built_for_each_size(name, fixture_images):
+    """The baked graph computes Pillow's weights in the graph; the separable graph takes them
+    from pil_resample in numpy. Same weights, same MatMuls: bit-identical outputs, on the photos
+    and on noise in both pass orders, up- and downscaled."""
+    spec = spec_of(name)
+    baked = session(build_preprocess_model(spec))
+    rng = np.random.default_rng(3)
+    noise = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ORDER_SIZES[:4]]
+    for x in [np.asarray(im) for im in fixture_images.values()] + noise:
+        separable = session(build_separable_model(spec, *x.shape[:2]))
+        got = baked.run([OUTPUT_NAME], {INPUT_NAME: x[None]})[0]
+        want = separable.run([OUTPUT_NAME], {INPUT_NAME: x[None]})[0]
+        np.testing.assert_array_equal(got, want, err_msg=f"{name} {x.shape}")
 
 
 def test_seed_resize_is_torch_bicubic_without_antialias():
@@ -434,7 +437,8 @@ def test_merged_baked_model_predicts_like_pytorch_with_timm(
     proto = onnx.load(str(art.file(MODEL_FILE)))
     assert [i.name for i in proto.graph.input] == [INPUT_NAME]
     assert [o.name for o in proto.graph.output] == ["logits"]
-    assert_pillow_passes(proto.graph, b"cubic")  # the Resize passes survive the merge
+    branches = baked_branches(proto.graph)  # the banded passes survive the merge (prefixed)
+    assert all(ops.count("MatMul") == 2 * -(-224 // BAND) for ops in branches.values())
 
     sess = merged_session(art)
     transform = timm_transform(model_bundle.data_config)

@@ -34,7 +34,9 @@ class ExportOptions:
 
     def __post_init__(self) -> None:
         if self.opset < 18:
-            raise ValueError(f"opset {self.opset} is too old: use 18 or newer (antialiased Resize)")
+            raise ValueError(
+                f"opset {self.opset} is too old: use 18 or newer (the preprocessing graphs)"
+            )
 
 
 def versions() -> dict[str, str]:

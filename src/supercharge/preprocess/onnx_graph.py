@@ -1,16 +1,20 @@
 """timm's eval transform as ONNX graphs, built node by node with onnx.helper.
 
-torch's exporters get antialiased bicubic wrong or refuse it, so the Resize node is written by
-hand with the attributes that reproduce Pillow (GUIDE.md, "Preprocessing: PIL vs ONNX Resize").
-Three variants share one set of helpers (cast, round/clip, pad/crop, normalise):
+torch's exporters get antialiased bicubic wrong or refuse it, and ONNX's antialiased Resize is
+only close to Pillow (GUIDE.md, "Preprocessing: PIL vs ONNX Resize"), so the resampling is
+Pillow's own: its two 1-D passes with its 22-bit quantised weights, each pass as banded MatMuls
+(one per BAND outputs, over the input span their weights touch) computing only the rows or
+columns the center crop keeps, rounded to uint8 levels between passes. Three variants share one
+set of helpers (cast, round/clip, pad/crop, normalise):
 
 - `build_preprocess_model`: the "baked" graph. One graph for every image size: the resize
-  target, padding and crop origin are computed inside it from the runtime shape, exactly as
-  `PreprocessSpec.geometry` does in Python; Pillow's two 1-D passes are two Resize nodes with
-  rounding between them, in the order Pillow takes for that shape (an If node).
+  target, padding, crop origin and Pillow's weights are computed inside it from the runtime
+  shape, exactly as `PreprocessSpec.geometry` and `pil_resample.weights` do in Python, and the
+  passes run in the order Pillow takes for that shape (an If node).
+- `build_separable_model`: the same passes for one fixed image size, the weights constants;
+  bit-identical to the baked graph on that size, and a little faster (nothing to compute).
 - `build_seed_model`: the blog post's baked preprocessing, kept on purpose to measure its cost.
-- `build_separable_model`: Pillow's two 1-D passes as two MatMuls with Pillow's own weights, for
-  one fixed image size; TensorRT can run it whole (it rejects antialiased Resize).
+No variant has an antialiased Resize node, which TensorRT rejects.
 """
 
 from __future__ import annotations
@@ -28,16 +32,14 @@ from supercharge.preprocess.spec import PreprocessSpec
 INPUT_NAME = "image"
 OUTPUT_NAME = "pixel_values"
 RESIZE_NODE = "resize"
-MIN_OPSET = 18  # Resize `antialias` and `axes`, Pad `axes`
+MIN_OPSET = 18  # Resize `axes`, Pad `axes`
+BAND = 32  # outputs per MatMul in a pass (lite0, 600x400 -> 224: 32 fastest of 32-112)
+BAKED_FILTERS = ("bicubic", "bilinear", "nearest")  # what the any-size graph computes
 
-# Resize attributes that reproduce Pillow's filters. Pillow's NEAREST takes source pixel
-# floor((i + 0.5) * in / out); half_pixel gives (i + 0.5) * in / out - 0.5, so rounding that
-# half up ("round_prefer_ceil") picks the same pixel (checked against Pillow in the tests).
-RESIZE_ATTRS: dict[str, dict[str, Any]] = {
-    "bicubic": {"mode": "cubic", "cubic_coeff_a": -0.5, "exclude_outside": 1, "antialias": 1},
-    "bilinear": {"mode": "linear", "antialias": 1},
-    "nearest": {"mode": "nearest", "nearest_mode": "round_prefer_ceil"},
-}
+# Pillow's NEAREST takes source pixel floor((i + 0.5) * in / out); Resize's half_pixel gives
+# (i + 0.5) * in / out - 0.5, so rounding that half up ("round_prefer_ceil") picks the same
+# pixel (checked against Pillow in the tests). No arithmetic, nothing to round: one Resize.
+NEAREST_ATTRS: dict[str, Any] = {"mode": "nearest", "nearest_mode": "round_prefer_ceil"}
 # What torch F.interpolate(mode="bicubic", align_corners=False) does, i.e. what the seed baked in.
 SEED_RESIZE_ATTRS: dict[str, Any] = {"mode": "cubic", "cubic_coeff_a": -0.75, "antialias": 0}
 
@@ -117,7 +119,7 @@ class _Graph:
 
 def _check_opset(opset: int) -> None:
     if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} is too old: use {MIN_OPSET} or newer (antialiased Resize)")
+        raise ValueError(f"opset {opset} is too old: use {MIN_OPSET} or newer (Resize/Pad axes)")
 
 
 def _image_input(h: int | str, w: int | str) -> onnx.ValueInfoProto:
@@ -227,19 +229,114 @@ def _dynamic_pad_crop(g: _Graph, sizes: str, spec: PreprocessSpec) -> tuple[str 
     return pads, g.op("Cast", half, to=TensorProto.INT64)
 
 
-def _resize_pass(g: _Graph, x: str, size: str, axis: int, spec: PreprocessSpec, tag: str) -> str:
-    """One Pillow 1-D antialiased pass over NCHW `axis` (2: vertical, 3: horizontal)."""
+def _filter(g: _Graph, x: str, interpolation: str) -> str:
+    """Pillow's filter (pil_resample.FILTERS) of float64 distances `x`, as graph ops."""
+    ax = g.op("Abs", x)
+
+    def f(v: float) -> str:
+        return g.const([v], np.float64, "filter")
+
+    if interpolation == "bilinear":
+        return g.op("Max", g.op("Sub", f(1.0), ax), f(0.0))
+    a = -0.5  # bicubic: pil_resample._bicubic
+    near = g.op("Mul", g.op("Sub", g.op("Mul", ax, f(a + 2.0)), f(a + 3.0)), ax)
+    near = g.op("Add", g.op("Mul", near, ax), f(1.0))
+    far = g.op("Add", g.op("Mul", g.op("Sub", ax, f(5.0)), ax), f(8.0))
+    far = g.op("Mul", g.op("Sub", g.op("Mul", far, ax), f(4.0)), f(a))
     return g.op(
-        "Resize",
-        x,
-        "",
-        "",
-        size,
-        name=f"{RESIZE_NODE}_{tag}",
-        axes=[axis],
-        coordinate_transformation_mode="half_pixel",
-        **RESIZE_ATTRS[spec.interpolation],
+        "Where",
+        g.op("Less", ax, f(1.0)),
+        near,
+        g.op("Where", g.op("Less", ax, f(2.0)), far, f(0.0)),
     )
+
+
+def _banded_pass(
+    g: _Graph,
+    x: str,
+    n_in: str,
+    n_out: str,
+    window: tuple[str, str],
+    axis: int,
+    most: int,
+    spec: PreprocessSpec,
+) -> str:
+    """One Pillow 1-D pass over NCHW `axis` (2: H, 3: W), from `n_in` to `n_out` pixels, computing
+    only the outputs in `window` ([lo, hi), at most `most` of them), then round + clip.
+
+    The same banded MatMuls as the separable graph, for any image size: Pillow's weights
+    (pil_resample.weights, in float64, quantised to 22 bits) are computed in the graph for
+    ceil(most / BAND) bands of BAND outputs, each band one MatMul over the input span its
+    weights touch (all spans as long as the longest, shifted to stay inside the image). Measured
+    on a 600x400 photo, horizontal pass: 0.31 ms, against ~0.7 ms for an antialiased Resize that
+    computes every output; exact against Pillow's weights.
+    """
+    lo, hi = window
+    bands = -(-most // BAND)
+    support = pil_resample.FILTERS[spec.interpolation][1]
+
+    def f(v: Any) -> str:
+        return g.const(v, np.float64, "pass")
+
+    def i64(v: Any) -> str:
+        return g.const(v, np.int64, "pass")
+
+    size_in = g.op("Cast", n_in, to=TensorProto.DOUBLE)
+    scale = g.op("Div", size_in, g.op("Cast", n_out, to=TensorProto.DOUBLE))
+    filterscale = g.op("Max", scale, f([1.0]))
+    reach = g.op("Mul", filterscale, f([support]))
+    # pil_resample.weights, for outputs lo .. lo + bands * BAND (those past hi are cut at the end)
+    j = g.op("Add", g.op("Cast", lo, to=TensorProto.DOUBLE), f(np.arange(bands * BAND)))
+    center = g.op("Mul", g.op("Add", j, f([0.5])), scale)
+    xmin = g.op("Floor", g.op("Add", g.op("Sub", center, reach), f([0.5])))
+    xmin = g.op("Max", xmin, f([0.0]))
+    xmax = g.op("Min", g.op("Floor", g.op("Add", g.op("Add", center, reach), f([0.5]))), size_in)
+    per_band = i64([bands, BAND])
+    start = g.op("ReduceMin", g.op("Reshape", xmin, per_band), i64([1]), keepdims=0)  # [bands]
+    end = g.op("ReduceMax", g.op("Reshape", xmax, per_band), i64([1]), keepdims=0)
+    span = g.op("ReduceMax", g.op("Sub", end, start), keepdims=1)  # [1]
+    start = g.op("Min", start, g.op("Sub", size_in, span))  # keeps start + span inside
+    taps = g.op("Range", f(0.0), g.op("Squeeze", span, i64([0])), f(1.0))  # [span]
+    pos = g.op(
+        "Add",
+        g.op("Reshape", start, i64([bands, 1, 1])),
+        g.op("Reshape", taps, i64([1, -1, 1])),
+    )  # [bands, span, 1]
+    per_output = i64([bands, 1, BAND])
+    distance = g.op("Sub", pos, g.op("Reshape", center, per_output))
+    w = _filter(g, g.op("Div", g.op("Add", distance, f([0.5])), filterscale), spec.interpolation)
+    inside = g.op(
+        "And",
+        g.op("GreaterOrEqual", pos, g.op("Reshape", xmin, per_output)),
+        g.op("Less", pos, g.op("Reshape", xmax, per_output)),
+    )
+    w = g.op("Where", inside, w, f([0.0]))  # [bands, span, BAND]
+    total = g.op("ReduceSum", w, i64([1]), keepdims=1)
+    w = g.op("Div", w, g.op("Where", g.op("Equal", total, f([0.0])), f([1.0]), total))
+    # normalize_coeffs_8bpc: round half away from zero to 22 fractional bits
+    w = g.op("Mul", w, f([pil_resample.ONE]))
+    w = g.op(
+        "Where",
+        g.op("Less", w, f([0.0])),
+        g.op("Ceil", g.op("Sub", w, f([0.5]))),
+        g.op("Floor", g.op("Add", w, f([0.5]))),
+    )
+    w = g.op("Cast", g.op("Div", w, f([pil_resample.ONE])), to=TensorProto.FLOAT)
+    if axis == 2:  # [band, span] @ [.., span, W]
+        w = g.op("Transpose", w, perm=[0, 2, 1])
+    start = g.op("Cast", start, to=TensorProto.INT64)
+    span = g.op("Cast", span, to=TensorProto.INT64)
+    along = i64([axis])
+    parts = []
+    for band in range(bands):
+        begin = g.op("Slice", start, i64([band]), i64([band + 1]))
+        lines = g.op("Slice", x, begin, g.op("Add", begin, span), along)
+        weights = g.op("Gather", w, i64(band), axis=0)
+        pair = (lines, weights) if axis == 3 else (weights, lines)
+        parts.append(g.op("MatMul", *pair))
+    y = parts[0] if bands == 1 else g.op("Concat", *parts, axis=axis)
+    y = g.op("Slice", y, i64([0]), g.op("Sub", hi, lo), along)  # the window's outputs only
+    return _round_clip(g, y)
 
 
 def _pillow_resize(
@@ -255,8 +352,9 @@ def _pillow_resize(
     (array_impl.pass_order); the order depends on the runtime size, so an If node picks it.
     Each output row or column of a 1-D pass depends only on its own input line, so cropping the
     first pass's axis before the second pass is exact and spares the second pass the rows or
-    columns the center crop throws away (~0.6 ms of 1.7 on a 400x600 photo).
-    NEAREST picks pixels (no arithmetic, nothing to round): one 2-D Resize is exact.
+    columns the center crop throws away; the banded passes go further and compute only the
+    window's outputs in both passes. NEAREST picks pixels (no arithmetic, nothing to round):
+    one 2-D Resize is exact.
     """
     begin, end = window
     if spec.interpolation == "nearest":
@@ -269,7 +367,7 @@ def _pillow_resize(
             name=RESIZE_NODE,
             axes=[2, 3],
             coordinate_transformation_mode="half_pixel",
-            **RESIZE_ATTRS[spec.interpolation],
+            **NEAREST_ATTRS,
         )
         return g.op("Slice", x, begin, end, g.const([2, 3], np.int64, "axes"))
     one, two = g.const([1], np.int64, "one"), g.const([2], np.int64, "two")
@@ -278,18 +376,18 @@ def _pillow_resize(
     def part(t: str, index: int) -> str:
         return g.op("Slice", t, zero if index == 0 else one, one if index == 0 else two)
 
+    size_in = {"h": part(hw, 0), "w": part(hw, 1)}
     out = {"h": part(sizes, 0), "w": part(sizes, 1)}
     lo = {"h": part(begin, 0), "w": part(begin, 1)}
     hi = {"h": part(end, 0), "w": part(end, 1)}
+    most = dict(zip("hw", spec.input_size, strict=True))  # the crop window's longest extent
 
     def passes(b: _Graph, vertical_first: bool) -> str:
-        tag = "vh" if vertical_first else "hv"
         steps = [(2, "h"), (3, "w")]
         y = x
         for axis, name in steps if vertical_first else steps[::-1]:
-            y = _resize_pass(b, y, out[name], axis, spec, f"{tag}_{name}")
-            y = b.op("Slice", y, lo[name], hi[name], b.const([axis], np.int64, "axis"))
-            y = _round_clip(b, y)
+            window = (lo[name], hi[name])
+            y = _banded_pass(b, y, size_in[name], out[name], window, axis, most[name], spec)
         return y
 
     if _PILLOW_MAJOR < 13:  # horizontal pass first, always (array_impl.pass_order)
@@ -320,22 +418,22 @@ def build_preprocess_model(
 ) -> onnx.ModelProto:
     """uint8 NHWC images of any size -> the model's float32 NCHW input, matching timm's PIL path.
 
-    The resize is Pillow's: two antialiased 1-D Resize passes (Pillow's filter), each followed
-    by round half up + clip to uint8 levels as Pillow stores them, in Pillow's pass order
-    (`_pillow_resize`); then pad and center crop as spec.geometry, then ToTensor + Normalize
-    with the spec's mean/std. Only float32 arithmetic and Pillow's 22-bit weight quantisation
-    separate it from Pillow: at most 2 levels, within 1 level on >= 99.9% of values, on photos
-    and noise alike; sums that sit on x.5 (frequent in dithered palette images) round either
-    way, up to ~0.24 levels on average there (measured in docs/preprocessing.md).
+    The resize is Pillow's: two 1-D passes with Pillow's quantised weights, computed in the
+    graph for the runtime size (`_banded_pass`), each followed by round half up + clip to uint8
+    levels as Pillow stores them, in Pillow's pass order (`_pillow_resize`); then pad and
+    center crop as spec.geometry, then ToTensor + Normalize with the spec's mean/std. Only
+    float32 sums separate it from Pillow (the separable graph's bound, bit-identical to it):
+    within 1 level on >= 99.9% of values, sums that sit on x.5 (dithered palette images)
+    rounding either way (docs/preprocessing.md has the measurements).
     """
     _check_opset(opset)
-    if spec.interpolation not in RESIZE_ATTRS:
+    if spec.interpolation not in BAKED_FILTERS:
         raise ValueError(
-            f"interpolation {spec.interpolation!r} has no ONNX Resize equivalent: "
-            f"baked preprocessing supports {', '.join(RESIZE_ATTRS)}"
+            f"interpolation {spec.interpolation!r} is not in the baked graph: it supports "
+            f"{', '.join(BAKED_FILTERS)} (the separable graph takes any Pillow filter)"
         )
     g = _Graph()
-    # uint8 transposes at a quarter of float32's bytes; NCHW resizes faster than NHWC in ORT
+    # uint8 transposes at a quarter of float32's bytes; the passes are MatMuls over NCHW
     x = _to_float(g, g.op("Transpose", INPUT_NAME, perm=[0, 3, 1, 2]))
     hw = g.op(
         "Slice",
@@ -357,7 +455,7 @@ def build_preprocess_model(
         spec.input_size,
         opset,
         ir_version,
-        "timm eval transform (Pillow-matched antialiased Resize, pad, crop, normalise)",
+        "timm eval transform (Pillow's resampling as banded MatMuls, pad, crop, normalise)",
     )
 
 
@@ -405,9 +503,6 @@ def build_seed_model(
 
 
 # --- the separable graph ------------------------------------------------------------------------
-
-
-BAND = 32  # outputs per MatMul in a separable pass (lite0, 600x400 -> 224: 32 fastest of 32-112)
 
 
 def _bands(w: np.ndarray) -> list[tuple[int, int, int, int]]:
