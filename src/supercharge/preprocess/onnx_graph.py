@@ -93,6 +93,15 @@ class _Graph:
         )
         return output
 
+    def split(self, x: str, parts: int, axis: int = 0) -> list[str]:
+        """Split into `parts` equal pieces along `axis`: one node, `parts` outputs."""
+        outputs = [self._name("split") for _ in range(parts)]
+        node = helper.make_node(
+            "Split", [x], outputs, name=self._name("split_node"), axis=axis, num_outputs=parts
+        )
+        self.nodes.append(node)
+        return outputs
+
     def model(
         self,
         graph_name: str,
@@ -315,26 +324,21 @@ def _banded_pass(
     w = g.op("Div", w, g.op("Where", g.op("Equal", total, f([0.0])), f([1.0]), total))
     # normalize_coeffs_8bpc: round half away from zero to 22 fractional bits
     w = g.op("Mul", w, f([pil_resample.ONE]))
-    w = g.op(
-        "Where",
-        g.op("Less", w, f([0.0])),
-        g.op("Ceil", g.op("Sub", w, f([0.5]))),
-        g.op("Floor", g.op("Add", w, f([0.5]))),
-    )
+    w = g.op("Mul", g.op("Sign", w), g.op("Floor", g.op("Add", g.op("Abs", w), f([0.5]))))
     w = g.op("Cast", g.op("Div", w, f([pil_resample.ONE])), to=TensorProto.FLOAT)
     if axis == 2:  # [band, span] @ [.., span, W]
         w = g.op("Transpose", w, perm=[0, 2, 1])
     start = g.op("Cast", start, to=TensorProto.INT64)
     span = g.op("Cast", span, to=TensorProto.INT64)
     along = i64([axis])
+    # one Split per operand rather than a Slice/Gather per band: small ops cost per node here
+    begins, ends = g.split(start, bands), g.split(g.op("Add", start, span), bands)
     parts = []
-    for band in range(bands):
-        begin = g.op("Slice", start, i64([band]), i64([band + 1]))
-        lines = g.op("Slice", x, begin, g.op("Add", begin, span), along)
-        weights = g.op("Gather", w, i64(band), axis=0)
-        pair = (lines, weights) if axis == 3 else (weights, lines)
+    for begin, end, weights in zip(begins, ends, g.split(w, bands), strict=True):
+        lines = g.op("Slice", x, begin, end, along)
+        pair = (lines, weights) if axis == 3 else (weights, lines)  # [1, ..] broadcasts over N, C
         parts.append(g.op("MatMul", *pair))
-    y = parts[0] if bands == 1 else g.op("Concat", *parts, axis=axis)
+    y = g.op("Concat", *parts, axis=axis)
     y = g.op("Slice", y, i64([0]), g.op("Sub", hi, lo), along)  # the window's outputs only
     return _round_clip(g, y)
 
