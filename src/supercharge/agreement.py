@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from supercharge.config import find_pyproject, read_toml, tool_table
+from supercharge.config import load_table
 from supercharge.errors import SuperchargeError
 
 TOP_K = 5
@@ -188,16 +188,8 @@ def _merge(defaults: Mapping[str, Any], loaded: Mapping[str, Any], where: str) -
 def load_tolerances(pyproject: Path | str | None = None) -> ToleranceTable:
     """DEFAULT_TOLERANCES overlaid with [tool.supercharge.tolerances] from `pyproject`
     (default: the nearest pyproject.toml above the working directory, if any)."""
-    path = Path(pyproject) if pyproject is not None else find_pyproject()
-    if path is None or not path.is_file():
-        if pyproject is not None:
-            raise SuperchargeError(f"tolerance file {pyproject} does not exist")
-        return ToleranceTable(DEFAULT_TOLERANCES, "built-in defaults")
-    data = read_toml(path, "tolerances")
-    if data is None:
-        return ToleranceTable(DEFAULT_TOLERANCES, "built-in defaults")
-    loaded = tool_table(data, "tolerances")
-    if loaded is None:
+    loaded, path = load_table(pyproject, "tolerances", "tolerances")
+    if loaded is None or path is None:
         return ToleranceTable(DEFAULT_TOLERANCES, "built-in defaults")
     where = f"{path.name} [tool.supercharge.tolerances]"
     return ToleranceTable(_merge(DEFAULT_TOLERANCES, loaded, where), path.name)

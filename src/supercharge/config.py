@@ -47,3 +47,16 @@ def read_toml(path: Path, what: str) -> dict[str, Any] | None:
 def tool_table(data: dict[str, Any], name: str) -> Any:
     """[tool.supercharge.<name>] of a parsed pyproject.toml, or None."""
     return data.get("tool", {}).get("supercharge", {}).get(name)
+
+
+def load_table(pyproject: Path | str | None, name: str, what: str) -> tuple[Any, Path | None]:
+    """([tool.supercharge.<name>] or None, the file it came from) from `pyproject` (default: the
+    nearest pyproject.toml above the working directory). A named file that does not exist is an
+    error; no file, an unreadable TOML library or no such table give None."""
+    path = Path(pyproject) if pyproject is not None else find_pyproject()
+    if path is None or not path.is_file():
+        if pyproject is not None:
+            raise SuperchargeError(f"{what} file {pyproject} does not exist")
+        return None, None
+    data = read_toml(path, what)
+    return (None if data is None else tool_table(data, name)), path

@@ -17,7 +17,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from supercharge.config import find_pyproject, read_toml, tool_table
+from supercharge.config import load_table
 from supercharge.errors import SuperchargeError
 
 
@@ -106,14 +106,8 @@ def check_floors(speedups: Mapping[str, float], floors: Iterable[SpeedupFloor]) 
 def load_floors(pyproject: Path | str | None = None) -> list[SpeedupFloor]:
     """[tool.supercharge.speedup_floors] ("PATTERN" = RATIO) from `pyproject` (default: the
     nearest pyproject.toml above the working directory); none when there is no such table."""
-    path = Path(pyproject) if pyproject is not None else find_pyproject()
-    if path is None or not path.is_file():
-        if pyproject is not None:
-            raise SuperchargeError(f"speedup floor file {pyproject} does not exist")
-        return []
-    data = read_toml(path, "speedup floors")
-    table = None if data is None else tool_table(data, "speedup_floors")
-    if table is None:
+    table, path = load_table(pyproject, "speedup_floors", "speedup floors")
+    if table is None or path is None:
         return []
     where = f"{path.name} [tool.supercharge.speedup_floors]"
     if not isinstance(table, Mapping):

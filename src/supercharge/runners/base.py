@@ -144,6 +144,21 @@ def default_input_shape(
     return None
 
 
+def _graph_file(
+    bundle: ModelBundle,
+    cache: ArtifactCache,
+    graph: str,
+    precision: str,
+    options: dict[str, Any],
+    calibration: Any = None,
+) -> Path:
+    """The ONNX file an ORT runner loads, taking `image_size` (separable graphs) out of
+    `options` and filling in the `input_shape` warm-ups and profiles need."""
+    size = options.pop("image_size", None)
+    options.setdefault("input_shape", default_input_shape(bundle, graph, size))
+    return onnx_graph_path(bundle, cache, graph, precision, calibration, size)
+
+
 def _cuda_required(backend: str) -> None:
     from supercharge.gpu import backend_unavailable_reason
 
@@ -170,9 +185,7 @@ def _ort_cpu(
 ) -> Runner:
     from supercharge.runners.ort_runner import OrtRunner
 
-    calibration, size = options.pop("calibration", None), options.pop("image_size", None)
-    path = onnx_graph_path(bundle, cache, graph, precision, calibration, size)
-    options.setdefault("input_shape", default_input_shape(bundle, graph, size))
+    path = _graph_file(bundle, cache, graph, precision, options, options.pop("calibration", None))
     # a baked graph runs back to back with nothing on the host between: spinning pays there
     options.setdefault("spinning", graph != "model")
     return OrtRunner(path, backend="ort-cpu", precision=precision, **options)
@@ -184,9 +197,7 @@ def _ort_cuda(
     from supercharge.runners.ort_cuda import OrtCudaRunner
 
     _cuda_required("ort-cuda")
-    size = options.pop("image_size", None)
-    options.setdefault("input_shape", default_input_shape(bundle, graph, size))
-    path = onnx_graph_path(bundle, cache, graph, precision, image_size=size)
+    path = _graph_file(bundle, cache, graph, precision, options)
     return OrtCudaRunner(path, precision=precision, **options)
 
 
@@ -196,9 +207,7 @@ def _ort_trt(
     from supercharge.runners.ort_trt import OrtTrtRunner
 
     _cuda_required("ort-trt")
-    size = options.pop("image_size", None)
-    options.setdefault("input_shape", default_input_shape(bundle, graph, size))
-    path = onnx_graph_path(bundle, cache, graph, "fp32", image_size=size)  # TRT builds fp16
+    path = _graph_file(bundle, cache, graph, "fp32", options)  # TensorRT builds fp16 itself
     return OrtTrtRunner(path, cache=cache, precision=precision, **options)
 
 
