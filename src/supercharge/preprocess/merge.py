@@ -29,7 +29,8 @@ GRAPH_REVISION = 7  # bump when onnx_graph.py changes what it builds, so caches 
 # 4: separable: banded MatMuls over the crop window only
 # 5: baked: the same banded MatMuls, weights computed in the graph for any image size
 # 6: the same numbers in fewer nodes (Split per operand, sign-magnitude rounding)
-# 7: baked weights in Pillow's compact layout, both axes at once, scattered into the bands
+# 7: baked weights in Pillow's compact layout, both axes at once, scattered into the bands;
+#    both graphs cut the uint8 input to the lines the bands read before transposing it
 _PREFIX = "pre_"
 _PROTOBUF_LIMIT = 2**31 - 1
 _SMALL_ENOUGH = _PROTOBUF_LIMIT - 64 * 2**20  # headroom for the graph around the weights

@@ -140,7 +140,20 @@ def _image_input(h: int | str, w: int | str) -> onnx.ValueInfoProto:
 
 
 def _to_float(g: _Graph, x: str) -> str:
-    return g.op("Cast", x, to=TensorProto.FLOAT)
+    """uint8 NHWC -> float NCHW: the transpose first, on a quarter of float32's bytes."""
+    return g.op("Cast", g.op("Transpose", x, perm=[0, 3, 1, 2]), to=TensorProto.FLOAT)
+
+
+def _input_window(g: _Graph, begin: str | list[int], end: str | list[int]) -> str:
+    """The uint8 NHWC input cut to rows and columns [begin, end) (H, W), before anything else.
+
+    The center crop keeps ~60% of a photo's pixels and the resize reads only a few past its
+    edge, so transposing and casting just that window is about half the work: on a 600x400
+    photo the Transpose and Cast were the two most expensive nodes of the front end.
+    """
+    begin = begin if isinstance(begin, str) else g.const(begin, np.int64, "window")
+    end = end if isinstance(end, str) else g.const(end, np.int64, "window")
+    return g.op("Slice", INPUT_NAME, begin, end, g.const([1, 2], np.int64, "window_axes"))
 
 
 def _round_clip(g: _Graph, x: str) -> str:
@@ -351,52 +364,70 @@ def _pass_weights(
 
 
 class _PassOperands:
-    """One axis's banded-pass operands, as single-output tensors an If branch may read.
+    """One axis's banded-pass operands: band starts and ends (int64 [bands]), the band weights
+    ([1, bands, .., ..], as MatMul takes them for this axis) and the outputs kept (int64 [1]).
 
-    The splits happen outside the If (one node per operand): branch nodes that read outer node
-    outputs survive onnx.compose's renaming, outer initializers do not (see _Graph.branch).
+    Whole tensors, split into bands by the pass itself: inside an If branch each outer value is
+    an implicit input with its own cost, so the branch reads four per axis, not one per band.
     """
 
     def __init__(
-        self, g: _Graph, weights: str, begins: list[str], ends: list[str], axis: int, count: str
+        self, g: _Graph, weights: str, begins: str, ends: str, axis: int, bands: int, count: str
     ) -> None:
-        self.axis = axis
-        self.count = count  # int64 [1]: outputs the crop window keeps
-        self.lines = list(zip(begins, ends, strict=True))
+        self.axis, self.bands, self.count = axis, bands, count
+        self.begins, self.ends = begins, ends
         if axis == 3:  # [.., H, span] @ [span, band]
             weights = g.op("Transpose", weights, perm=[0, 1, 3, 2])
-        self.weights = g.split(weights, len(begins), axis=1)  # [1, 1, .., ..] each
+        self.weights = weights
 
 
 def _pass_operands(
     g: _Graph, hw: str, sizes: str, window: tuple[str, str], spec: PreprocessSpec
-) -> dict[int, _PassOperands]:
-    """Both axes' weights (`_pass_weights`), cut per axis to its bands and its own span."""
+) -> tuple[tuple[str, str], dict[int, _PassOperands]]:
+    """Both axes' weights (`_pass_weights`), cut per axis to its bands and its own span, and
+    the input window ([begin, end) per (H, W)) the bands read, band starts relative to it."""
     lo, hi = window
     bands = {axis: -(-most // BAND) for axis, most in zip(_SPATIAL, spec.input_size, strict=True)}
     most = max(bands.values())
     start, span, w = _pass_weights(g, hw, sizes, lo, most, spec)
-    flat = g.const([2 * most], np.int64, "flat")
-    begins = g.split(g.op("Reshape", start, flat), 2 * most)
-    ends = g.split(g.op("Reshape", g.op("Add", start, span), flat), 2 * most)
-    # per axis i: w[i : i + 1, :bands_i, :, :span_i]
-    w_ends = g.split(
-        g.op(
-            "Concat",
-            g.const([[1, bands[2], BAND], [2, bands[3], BAND]], np.int64, "w_end"),
-            span,
-            axis=1,
-        ),
-        2,
+    # the input lines any band reads, per axis: from the first band's start to the last's end
+    ends = g.op("Add", start, span)
+    last = g.const([[bands[2] - 1], [bands[3] - 1]], np.int64, "last_band")
+    flat = g.const([-1], np.int64, "flat")
+    first = g.op(
+        "Slice",
+        start,
+        g.const([0], np.int64, "zero"),
+        g.const([1], np.int64, "one"),
+        g.const([1], np.int64, "one"),
+    )  # [2, 1]
+    window = (
+        g.op("Reshape", first, flat),
+        g.op("Reshape", g.op("GatherElements", ends, last, axis=1), flat),
+    )
+    # per axis i, relative to the window: band starts and ends start[i, :bands_i], and
+    # w[i : i + 1, :bands_i, :, :span_i]
+    start, ends = g.op("Sub", start, first), g.op("Sub", ends, first)
+    w_ends = g.op(
+        "Concat",
+        g.const([[1, bands[2], BAND], [2, bands[3], BAND]], np.int64, "w_end"),
+        span,
+        axis=1,
     )
     counts = g.split(g.op("Sub", hi, lo), 2)
     operands = {}
+
+    def row(t: str, index: int, columns: int) -> str:
+        first = g.const([index, 0], np.int64, "row")
+        return g.op("Slice", t, first, g.const([index + 1, columns], np.int64, "row"))
+
     for index, axis in enumerate(_SPATIAL):
-        ends_i = g.op("Reshape", w_ends[index], g.const([4], np.int64, "w_end"))
-        w_i = g.op("Slice", w, g.const([index, 0, 0, 0], np.int64, "w_start"), ends_i)
-        chosen = slice(index * most, index * most + bands[axis])
-        operands[axis] = _PassOperands(g, w_i, begins[chosen], ends[chosen], axis, counts[index])
-    return operands
+        begins_i = g.op("Reshape", row(start, index, bands[axis]), flat)
+        ends_i = g.op("Reshape", row(ends, index, bands[axis]), flat)
+        w_end = g.op("Reshape", row(w_ends, index, 4), flat)
+        w_i = g.op("Slice", w, g.const([index, 0, 0, 0], np.int64, "w_start"), w_end)
+        operands[axis] = _PassOperands(g, w_i, begins_i, ends_i, axis, bands[axis], counts[index])
+    return window, operands
 
 
 def _banded_pass(g: _Graph, x: str, operands: _PassOperands) -> str:
@@ -409,8 +440,11 @@ def _banded_pass(g: _Graph, x: str, operands: _PassOperands) -> str:
     """
     axis = operands.axis
     along = g.const([axis], np.int64, "axis")
+    n = operands.bands
+    begins, ends = g.split(operands.begins, n), g.split(operands.ends, n)
+    pieces = g.split(operands.weights, n, axis=1)  # [1, 1, .., ..] each
     parts = []
-    for (begin, end), weights in zip(operands.lines, operands.weights, strict=True):
+    for begin, end, weights in zip(begins, ends, pieces, strict=True):
         lines = g.op("Slice", x, begin, end, along)
         pair = (lines, weights) if axis == 3 else (weights, lines)  # [1, 1, ..] broadcasts
         parts.append(g.op("MatMul", *pair))
@@ -420,10 +454,10 @@ def _banded_pass(g: _Graph, x: str, operands: _PassOperands) -> str:
 
 
 def _pillow_resize(
-    g: _Graph, x: str, hw: str, sizes: str, window: tuple[str, str], spec: PreprocessSpec
+    g: _Graph, hw: str, sizes: str, window: tuple[str, str], spec: PreprocessSpec
 ) -> str:
-    """Float NCHW x (uint8 levels) resized to `sizes` (int64 [2]) the way Pillow does it, keeping
-    only the crop `window` ([begin, end) per (h, w), in resized coordinates).
+    """The uint8 NHWC input resized to `sizes` (int64 [2]) the way Pillow does it, as float NCHW,
+    keeping only the crop `window` ([begin, end) per (h, w), in resized coordinates).
 
     Pillow resamples in two 1-D passes and rounds and clips to uint8 after each one; on sharp
     content (noise, dithered palette images) cubic overshoot clipped between the passes moves
@@ -440,7 +474,7 @@ def _pillow_resize(
     if spec.interpolation == "nearest":
         x = g.op(
             "Resize",
-            x,
+            _to_float(g, INPUT_NAME),
             "",
             "",
             sizes,
@@ -450,7 +484,8 @@ def _pillow_resize(
             **NEAREST_ATTRS,
         )
         return g.op("Slice", x, begin, end, g.const([2, 3], np.int64, "axes"))
-    operands = _pass_operands(g, hw, sizes, window, spec)
+    lines, operands = _pass_operands(g, hw, sizes, window, spec)
+    x = _to_float(g, _input_window(g, *lines))
 
     def passes(b: _Graph, vertical_first: bool) -> str:
         y = x
@@ -501,8 +536,6 @@ def build_preprocess_model(
             f"{', '.join(BAKED_FILTERS)} (the separable graph takes any Pillow filter)"
         )
     g = _Graph()
-    # uint8 transposes at a quarter of float32's bytes; the passes are MatMuls over NCHW
-    x = _to_float(g, g.op("Transpose", INPUT_NAME, perm=[0, 3, 1, 2]))
     hw = g.op(
         "Slice",
         g.op("Shape", INPUT_NAME),
@@ -514,7 +547,7 @@ def build_preprocess_model(
     # the crop in resized coordinates: where an axis gets padded, its start is 0 and it keeps
     # the whole resized extent; elsewhere it keeps input_size from the start
     end = g.op("Add", starts, g.op("Min", sizes, g.const(spec.input_size, np.int64, "crop_size")))
-    x = _pillow_resize(g, x, hw, sizes, (starts, end), spec)
+    x = _pillow_resize(g, hw, sizes, (starts, end), spec)
     _pad_crop_normalise(g, x, spec, pads, None)
     return g.model(
         "preprocess",
@@ -584,17 +617,24 @@ def _bands(w: np.ndarray) -> list[tuple[int, int, int, int]]:
     return bands
 
 
-def _resample_pass(
-    g: _Graph,
-    x: str,
-    in_size: int,
-    kept: tuple[int, int],
-    n_out: int,
-    spec: PreprocessSpec,
-    axis: int,
-) -> str:
-    """One Pillow 1-D pass over NCHW `axis` (2: H, 3: W) to `n_out` pixels, computing only the
-    outputs in `kept` ([begin, end), the crop window), then round + clip.
+class _FixedPass:
+    """One pass of the separable graph, planned in Python: Pillow's weights for the outputs
+    the crop keeps, their bands (`_bands`) and the input lines [lo, hi) they read."""
+
+    def __init__(self, in_size: int, kept: tuple[int, int], n_out: int, spec: PreprocessSpec):
+        begin, end = kept
+        if in_size == n_out:  # Pillow skips the pass: only the crop is left
+            self.weights, self.bands, self.lines = None, [], (begin, end)
+            return
+        w = pil_resample.weights(in_size, n_out, spec.interpolation)[begin:end]
+        self.weights = w / pil_resample.ONE
+        self.bands = _bands(self.weights)
+        self.lines = (min(b[2] for b in self.bands), max(b[3] for b in self.bands))
+
+
+def _resample_pass(g: _Graph, x: str, plan: _FixedPass, axis: int) -> str:
+    """One Pillow 1-D pass over NCHW `axis` (2: H, 3: W), on input already cut to `plan.lines`:
+    the outputs the crop keeps, then round + clip.
 
     Pillow's weights are banded (a few taps per output), so a dense [in, out] MatMul spends
     almost all of its multiplications on zeros: here each BAND of outputs is one MatMul over
@@ -602,30 +642,21 @@ def _resample_pass(
     600x400 photo to 224x224: 0.34 ms for both passes, against 1.06 ms dense and 1.1 ms for
     two antialiased Resize nodes; exact against Pillow (float32 sums of 22-bit weights).
     """
-    begin, end = kept
-    if in_size == n_out:  # Pillow skips the pass: only the crop is left
-        if (begin, end) == (0, n_out):
-            return x
-        return g.op(
-            "Slice",
-            x,
-            g.const([begin], np.int64, "begin"),
-            g.const([end], np.int64, "end"),
-            g.const([axis], np.int64, "axis"),
-        )
-    w = pil_resample.weights(in_size, n_out, spec.interpolation)[begin:end] / pil_resample.ONE
+    if plan.weights is None:  # the window was the whole pass
+        return x
+    first, last = plan.lines
     parts = []
-    for lo, hi, s, e in _bands(w):
+    for lo, hi, s, e in plan.bands:
         span = x
-        if (s, e) != (0, in_size):
+        if (s, e) != (first, last):
             span = g.op(
                 "Slice",
                 x,
-                g.const([s], np.int64, "begin"),
-                g.const([e], np.int64, "end"),
+                g.const([s - first], np.int64, "begin"),
+                g.const([e - first], np.int64, "end"),
                 g.const([axis], np.int64, "axis"),
             )
-        band = w[lo:hi, s:e]
+        band = plan.weights[lo:hi, s:e]
         if axis == 3:  # [.., H, span] @ [span, band]
             parts.append(g.op("MatMul", span, g.const(band.T, np.float32, "weights_w")))
         else:  # [band, span] @ [.., span, W]
@@ -658,21 +689,24 @@ def build_separable_model(
     out_h, out_w = geo.resized
     left, top, right, bottom = geo.pad
     g = _Graph()
-    x = _to_float(g, g.op("Transpose", INPUT_NAME, perm=[0, 3, 1, 2]))
 
     def kept(origin: int, padded: bool, n_out: int, target: int) -> tuple[int, int]:
         # a padded axis keeps all it has (the pad fills it to the target), another the crop
         return (0, n_out) if padded else (origin, origin + target)
 
     th, tw = geo.out
-    passes = [
-        (3, in_w, kept(geo.left, bool(left or right), out_w, tw), out_w),
-        (2, in_h, kept(geo.top, bool(top or bottom), out_h, th), out_h),
-    ]
-    if pass_order(in_h, in_w, out_h, out_w) == "vh":
-        passes.reverse()
-    for axis, n_in, window, n_out in passes:
-        x = _resample_pass(g, x, n_in, window, n_out, spec, axis)
+    plans = {
+        3: _FixedPass(in_w, kept(geo.left, bool(left or right), out_w, tw), out_w, spec),
+        2: _FixedPass(in_h, kept(geo.top, bool(top or bottom), out_h, th), out_h, spec),
+    }
+    lines = [plans[2].lines, plans[3].lines]
+    x = INPUT_NAME
+    if lines != [(0, in_h), (0, in_w)]:
+        x = _input_window(g, [lo for lo, _ in lines], [hi for _, hi in lines])
+    x = _to_float(g, x)
+    order = (3, 2) if pass_order(in_h, in_w, out_h, out_w) == "hv" else (2, 3)
+    for axis in order:
+        x = _resample_pass(g, x, plans[axis], axis)
     pads = np.array([top, left, bottom, right]) if any(geo.pad) else None
     _pad_crop_normalise(g, x, spec, pads, None)
     return g.model(
