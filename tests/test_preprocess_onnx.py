@@ -134,15 +134,60 @@ def test_baked_passes_are_banded_matmuls_in_both_orders(name):
         assert ops.count("MatMul") == bands and ops.count("Floor") >= 2
 
 
+def _input_window(model: onnx.ModelProto) -> onnx.NodeProto:
+    """The node that reads the image for the resize: a Slice on H and W, before any Transpose."""
+    readers = [n for n in model.graph.node if INPUT_NAME in n.input]
+    assert {n.op_type for n in readers} <= {"Slice", "Shape"}, [n.op_type for n in readers]
+    (window,) = [n for n in readers if n.op_type == "Slice"]
+    return window
+
+
+def test_separable_graph_converts_only_the_input_lines_the_crop_reads():
+    """A 600x400 photo resized to 256 short side and cropped to 224 reads ~355 rows and columns
+    of the input: the graph cuts the uint8 input to exactly the lines Pillow's weights for the
+    kept outputs touch, and only then transposes and casts it."""
+    spec = spec_of(DEFAULT)
+    h, w = 400, 600
+    model = build_separable_model(spec, h, w)
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    window = _input_window(model)
+    begin, end, axes = (consts[name].tolist() for name in window.input[1:4])
+    geo = spec.geometry(h, w)
+    want = []
+    for n_in, n_out, origin, kept in (
+        (h, geo.resized[0], geo.top, 224),
+        (w, geo.resized[1], geo.left, 224),
+    ):
+        rows = pil_resample.weights(n_in, n_out, spec.interpolation)[origin : origin + kept]
+        used = np.flatnonzero(rows.any(axis=0))
+        want.append((int(used[0]), int(used[-1]) + 1))
+    assert axes == [1, 2] and list(zip(begin, end, strict=True)) == want
+    assert all(lo > 0 and hi < n for (lo, hi), n in zip(want, (h, w), strict=True))  # a real cut
+    consumers = [n.op_type for n in model.graph.node if window.output[0] in n.input]
+    assert consumers == ["Transpose"]
+
+
+def test_baked_graph_converts_only_the_input_lines_the_bands_read():
+    """The any-size graph computes the same window from its band starts (the bit-identity test
+    below shows it is the right one); here: the image reaches the Transpose only through it."""
+    model = build_preprocess_model(spec_of(DEFAULT))
+    window = _input_window(model)
+    consumers = [n.op_type for n in model.graph.node if window.output[0] in n.input]
+    assert consumers == ["Transpose"]
+    assert not [n for n in model.graph.node if n.op_type == "Transpose" and INPUT_NAME in n.input]
+
+
 @pytest.mark.parametrize("name", [DEFAULT, BILINEAR, SQUASH, PADDED, BORDER])
 def test_baked_graph_equals_the_separable_graph_built_for_each_size(name, fixture_images):
     """The baked graph computes Pillow's weights in the graph; the separable graph takes them
     from pil_resample in numpy. Same weights, same MatMuls: bit-identical outputs, on the photos
-    and on noise in both pass orders, up- and downscaled."""
+    and on noise in both pass orders, up- and downscaled, down to 1 px sides and 20:1 aspect
+    ratios (where one axis's band span is longer than the other axis is wide)."""
     spec = spec_of(name)
     baked = session(build_preprocess_model(spec))
     rng = np.random.default_rng(3)
-    noise = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ORDER_SIZES[:4]]
+    sizes = ORDER_SIZES[:4] + EDGE_SIZES
+    noise = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in sizes]
     for x in [np.asarray(im) for im in fixture_images.values()] + noise:
         separable = session(build_separable_model(spec, *x.shape[:2]))
         got = baked.run([OUTPUT_NAME], {INPUT_NAME: x[None]})[0]
