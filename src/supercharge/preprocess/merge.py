@@ -23,14 +23,14 @@ from supercharge.preprocess.spec import PreprocessSpec
 VARIANTS = ("baked", "seed", "separable")
 KIND = "onnx-merged"
 DATA_FILE = MODEL_FILE + ".data"
-GRAPH_REVISION = 7  # bump when onnx_graph.py changes what it builds, so caches rebuild
+GRAPH_REVISION = 8  # bump when onnx_graph.py changes what it builds, so caches rebuild
 # 2: Pillow's two 1-D resize passes, ordered by an If node (branches hold their own constants)
 # 3: NCHW resize, the first pass cropped to the center-crop window before the second
 # 4: separable: banded MatMuls over the crop window only
 # 5: baked: the same banded MatMuls, weights computed in the graph for any image size
 # 6: the same numbers in fewer nodes (Split per operand, sign-magnitude rounding)
-# 7: baked weights in Pillow's compact layout, both axes at once, scattered into the bands;
-#    both graphs cut the uint8 input to the lines the bands read before transposing it
+# 7: baked weights in Pillow's compact layout, both axes at once, scattered into the bands
+# 8: both graphs cut the uint8 input to the lines the bands read before transposing it
 _PREFIX = "pre_"
 _PROTOBUF_LIMIT = 2**31 - 1
 _SMALL_ENOUGH = _PROTOBUF_LIMIT - 64 * 2**20  # headroom for the graph around the weights
