@@ -102,14 +102,17 @@ def make_feed(
 
 
 def same_size_batches(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Stack runs of consecutive same-shape HWC arrays into NHWC batches, keeping the order."""
+    """Stack runs of consecutive same-shape HWC arrays into NHWC batches, keeping the order.
+
+    A run of one image becomes a view (no copy: np.stack would copy the frame once more on
+    the timed path, 0.01 ms for a 600x400 photo)."""
     runs: list[list[np.ndarray]] = []
     for a in arrays:
         if runs and runs[-1][0].shape == a.shape:
             runs[-1].append(a)
         else:
             runs.append([a])
-    return [np.stack(run) for run in runs]
+    return [np.stack(run) if len(run) > 1 else run[0][None] for run in runs]
 
 
 def _cupy() -> Any:
