@@ -86,6 +86,12 @@ def test_grid_run_records_what_ran_in_extra_info(grid_run):
     benchmarks = run["benchmarks"]
     assert benchmarks
     assert run["machine_info"]["malloc"].startswith("hold")  # --malloc hold, the default
+    # the machine's pace, both ends, beside machine_info (which compared runs must share)
+    pace = run["supercharge"]["pace"]
+    assert pace["start_ms"] > 0 and pace["end_ms"] > 0 and "pace" not in run["machine_info"]
+    report = json.loads((tmp / "report" / "speed.json").read_text())
+    assert report["pace"] == pace
+    assert "Machine pace (ORT CPU" in (tmp / "report" / "speed.md").read_text()
     for bench in benchmarks:
         info = bench["extra_info"]
         assert info["case"] in bench["name"] or info["case"] in bench["fullname"]
@@ -110,7 +116,8 @@ def test_grid_run_records_what_ran_in_extra_info(grid_run):
 def test_grid_run_gates_against_itself(grid_run, capsys):
     _, tmp = grid_run
     assert cli_main(["gate", str(tmp / "bench.json"), str(tmp / "bench.json")]) == 0
-    assert "0 failing" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "0 failing" in out and "machine pace baseline -> current: +0% (steady)" in out
     # the run's own paired speedups, held to floors far below and far above them
     floor = ["--min-speedup", "ort-cpu-baked-fp32-bs*=0.001"]
     assert cli_main(["gate", str(tmp / "bench.json"), *floor]) == 0

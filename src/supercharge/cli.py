@@ -228,6 +228,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     )
     verdicts: list[gate.Verdict] = []
     compared = 0
+    baseline = None
     if len(args.runs) == 2:
         baseline = gate.load_run(args.runs[0])
         verdicts = gate.compare(baseline, current, args.max_slowdown / 100.0, args.stat)
@@ -246,6 +247,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
     floors = gate.floor_verdicts(current, targets) + gate.floor_verdicts(
         current, from_file, required=False
     )
+    for note in gate.pace_notes(current, baseline if len(args.runs) == 2 else None):
+        print(note)
     for verdict in verdicts + floors:
         print(verdict.line())
     bad = [v for v in verdicts + floors if v.status in failing]

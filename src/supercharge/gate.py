@@ -20,6 +20,7 @@ from typing import Any
 
 from supercharge.errors import SuperchargeError
 from supercharge.floors import SpeedupFloor, check_floors
+from supercharge.pace import Pace, describe_change
 from supercharge.report import END_TO_END
 
 BASELINE = ("timm", "fp32")  # the reference preprocessing and precision, on the case's device
@@ -181,6 +182,31 @@ def machine_differences(baseline: dict[str, Any], current: dict[str, Any]) -> li
         "malloc",
     )
     return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in keys if a.get(k) != b.get(k)]
+
+
+def run_pace(run: dict[str, Any]) -> Pace | None:
+    """The machine's pace a run was saved with (the suite's `supercharge.pace` entry), if any."""
+    return Pace.from_dict(((run.get("supercharge") or {}).get("pace")) or None)
+
+
+def pace_notes(current: dict[str, Any], baseline: dict[str, Any] | None = None) -> list[str]:
+    """What the machine's pace says about the verdicts: whether it changed during the current
+    run, and between the runs. Notes only: a verdict stands (the pace cannot tell how much of
+    a slowdown was the machine), but a reader knows to rerun before believing it."""
+    notes = []
+    cur = run_pace(current)
+    if cur is not None and cur.change() is not None:
+        notes.append(describe_change(cur.change(), "during the current run"))
+    if baseline is not None:
+        base = run_pace(baseline)
+        if base is None or cur is None:
+            missing = "baseline" if base is None else "current run"
+            notes.append(f"machine pace: not recorded in the {missing} (saved by an older suite)")
+        else:
+            notes.append(
+                describe_change(cur.mean_ms() / base.mean_ms() - 1.0, "baseline -> current")
+            )
+    return notes
 
 
 def floor_verdicts(

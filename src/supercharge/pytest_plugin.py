@@ -269,11 +269,16 @@ def batch_sizes(pytestconfig: pytest.Config) -> tuple[int, ...]:
 
 
 @pytest.fixture(scope="session")
-def pipeline_for(model_bundle, artifact_cache, batch_sizes) -> Callable[[Any], Any]:
+def pipeline_for(model_bundle, artifact_cache, batch_sizes, suite_results) -> Callable[[Any], Any]:
     """combo -> prepared Pipeline. Only the latest one is kept, besides the baselines (one per
     device, timed around every case): the grid is ordered so that consecutive cases share a
-    pipeline, and a large model's sessions are not all held at once."""
+    pipeline, and a large model's sessions are not all held at once. The machine's pace is
+    taken here, before the first case (supercharge.pace; the end is taken at session end)."""
+    from supercharge.pace import Pace, measure
     from supercharge.pipeline import build_pipeline
+
+    if suite_results.pace is None:
+        suite_results.pace = Pace(measure())
 
     held: dict[Any, Any] = {}
     baselines: dict[Any, Any] = {}
@@ -323,6 +328,25 @@ def suite_results(pytestconfig: pytest.Config):
     return pytestconfig.stash[_RESULTS]
 
 
+def _finish_pace(config: pytest.Config) -> Any:
+    """The run's Pace, with its end measured once (by whichever end-of-session hook is first)."""
+    from supercharge.pace import Pace, measure
+
+    results = config.stash.get(_RESULTS, None)
+    pace = results.pace if results is not None else None
+    if pace is not None and pace.end_ms is None:
+        pace = results.pace = Pace(pace.start_ms, measure())
+    return pace
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_json: dict) -> None:
+    """The machine's pace at both ends of the run, beside (not in) machine_info: pytest-benchmark
+    warns when machine_info differs from a compared run's, and the pace always differs."""
+    pace = _finish_pace(config)
+    if pace is not None:
+        output_json["supercharge"] = {"pace": pace.as_dict()}
+
+
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     """CPU model, GPU, driver and the runtime versions, so compared runs say what differed."""
     from supercharge.report import machine_info as suite_machine_info
@@ -341,6 +365,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     from supercharge.report import write_report
 
+    _finish_pace(config)
     written, text = write_report(results, _report_dir(config), config.stash.get(_FLOORS, []))
     terminalreporter.section("supercharge report")
     terminalreporter.write_line(text)

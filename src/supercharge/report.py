@@ -20,6 +20,7 @@ from typing import Any
 
 from supercharge.cases import Case
 from supercharge.floors import FloorCheck, SpeedupFloor, check_floors
+from supercharge.pace import WORKLOAD, Pace, describe_change
 
 END_TO_END = "end-to-end"
 MODEL_ONLY = "model"
@@ -74,6 +75,7 @@ class SuiteResults:
 
     timings: list[Timing] = field(default_factory=list)
     accuracy: list[dict[str, Any]] = field(default_factory=list)
+    pace: Pace | None = None  # the machine's pace at the start and end (supercharge.pace)
 
     @property
     def empty(self) -> bool:
@@ -337,6 +339,8 @@ def write_report(
                     frozenset(r["case"] for r in rows if r["group"] == END_TO_END and r["noisy"]),
                 )
             )
+        if results.pace is not None:
+            table += "\n\n" + pace_markdown(results.pace)
         text_parts.append(f"## Speed ({where})\n\n{table}")
         doc = (
             f"# Speed report\n\n{stamp}, {where}\n\nSpeedup: the case's median against PyTorch "
@@ -349,6 +353,7 @@ def write_report(
             "machine_info": info,
             "rows": rows,
             "floors": [c.as_dict() for c in checks],
+            "pace": results.pace.as_dict() if results.pace is not None else None,
         }
         written.append(_atomic_write(folder / "speed.json", json.dumps(payload, indent=2)))
         chart = bar_chart(rows, folder / "speed.png")
@@ -366,6 +371,16 @@ def write_report(
             _atomic_write(folder / "accuracy.json", json.dumps(payload, indent=2, default=str))
         )
     return written, "\n\n".join(text_parts)
+
+
+def pace_markdown(pace: Pace) -> str:
+    """The machine's pace at both ends of the run, and whether it held."""
+    end = "not measured" if pace.end_ms is None else f"{pace.end_ms:.2f} ms at the end"
+    line = f"Machine pace ({WORKLOAD}): {pace.start_ms:.2f} ms at the start, {end}"
+    change = pace.change()
+    if change is None:
+        return line + "."
+    return f"{line}; {describe_change(change, 'during the run')}."
 
 
 def _atomic_write(path: Path, text: str) -> Path:

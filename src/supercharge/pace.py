@@ -1,0 +1,107 @@
+"""The machine's pace: one fixed ONNX Runtime workload, timed at the start and end of a run.
+
+Why: shared CI machines have phases, minutes long, in which ORT's memory-bound work runs
+45-60% slower while PyTorch moves by 5-20% (docs/results/cpu-2026-11-29.md). A paired speedup
+does not cancel a slowdown that hits the two runtimes unequally, so a floor or a gate can fail
+on the machine alone. Timing the same small workload at both ends of a run, and keeping it
+with the run, lets the report and `supercharge gate` say when the machine itself changed pace
+(they say so; they do not excuse a failure).
+
+The workload is the kind of work the phases hurt most and the front ends are made of: a 1080p
+uint8 frame transposed to NCHW and cast to float, then reduced to one number (so the output
+copy is nothing), on the CPU EP with the suite's session options.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+WORKLOAD = "ORT CPU: transpose + cast of a 1080x1920x3 uint8 frame, then its mean"
+FRAME = (1, 1080, 1920, 3)
+RUNS = 40  # ~0.1 s on the 2-core CI VM
+SHIFT = 0.15  # a pace change beyond this is reported: drift between runs stays within ~5%
+
+
+@dataclass(frozen=True)
+class Pace:
+    """Median milliseconds of the workload at the start and (once measured) the end of a run."""
+
+    start_ms: float
+    end_ms: float | None = None
+
+    def change(self) -> float | None:
+        """end / start - 1, positive when the machine got slower during the run."""
+        return None if self.end_ms is None else self.end_ms / self.start_ms - 1.0
+
+    def mean_ms(self) -> float:
+        return self.start_ms if self.end_ms is None else (self.start_ms + self.end_ms) / 2
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"workload": WORKLOAD, "start_ms": self.start_ms, "end_ms": self.end_ms}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Pace | None:
+        """The pace a saved run carries, or None for runs saved without one (or malformed)."""
+        try:
+            start, end = float(data["start_ms"]), data.get("end_ms")
+            return cls(start, None if end is None else float(end)) if start > 0 else None
+        except (TypeError, KeyError, ValueError):
+            return None
+
+
+def _workload() -> bytes:
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Transpose", ["frame"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["nchw"], ["as_float"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["as_float"], ["mean"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pace",
+        [helper.make_tensor_value_info("frame", TensorProto.UINT8, list(FRAME))],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def measure(runs: int = RUNS) -> float:
+    """Median ms of the workload over `runs` runs, after a few warm-up runs (session creation
+    and the first allocations are not timed)."""
+    import onnxruntime as ort
+
+    from supercharge.runners.ort_runner import session_options
+
+    session = ort.InferenceSession(
+        _workload(), sess_options=session_options(), providers=["CPUExecutionProvider"]
+    )
+    frame = np.random.default_rng(0).integers(0, 256, FRAME, dtype=np.uint8)
+    feed = {"frame": frame}
+    for _ in range(5):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def describe_change(change: float, what: str) -> str:
+    """One line on a pace change: how much, and what it means for the ratios beside it."""
+    pct = f"{change:+.0%}"
+    if abs(change) <= SHIFT:
+        return f"machine pace {what}: {pct} (steady)"
+    slower = "slower" if change > 0 else "faster"
+    return (
+        f"machine pace {what}: {pct}, the machine itself ran {slower} (ORT's memory-bound work "
+        "moves more than PyTorch's, so paired speedups move too): rerun before trusting a "
+        "verdict on these ratios"
+    )

@@ -1,0 +1,91 @@
+"""The machine's pace: measured for real, carried by runs, read by the report and the gate."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from supercharge.cases import Case, Combo
+from supercharge.cli import main as cli_main
+from supercharge.gate import pace_notes, run_pace
+from supercharge.pace import SHIFT, Pace, describe_change, measure
+from supercharge.report import END_TO_END, SuiteResults, Timing, write_report
+
+
+def test_measure_times_the_workload_on_this_machine():
+    ms = measure(runs=5)
+    assert math.isfinite(ms) and 0 < ms < 10_000
+
+
+def test_change_is_end_over_start():
+    assert Pace(2.0, 3.0).change() == pytest.approx(0.5)
+    assert Pace(2.0).change() is None and Pace(2.0).mean_ms() == 2.0
+    assert Pace(2.0, 3.0).mean_ms() == 2.5
+
+
+@pytest.mark.parametrize(
+    "data",
+    [None, {}, {"start_ms": "fast"}, {"start_ms": 0}, {"start_ms": -1.0}, ["start_ms"]],
+)
+def test_a_missing_or_malformed_saved_pace_reads_as_none(data):
+    assert Pace.from_dict(data) is None
+
+
+def test_a_saved_pace_round_trips():
+    pace = Pace(2.5, 2.75)
+    assert Pace.from_dict(json.loads(json.dumps(pace.as_dict()))) == pace
+    assert Pace.from_dict({"start_ms": 2.5}) == Pace(2.5)
+
+
+def test_a_small_change_is_steady_and_a_large_one_says_rerun():
+    assert "steady" in describe_change(SHIFT / 2, "x") and "rerun" not in describe_change(0.01, "x")
+    slower = describe_change(0.5, "during the run")
+    assert "+50%" in slower and "slower" in slower and "rerun" in slower
+    assert "faster" in describe_change(-0.3, "x")
+
+
+def _timing() -> Timing:
+    case = Case("m", Combo("torch-cpu", "timm", "fp32"), 1)
+    return Timing(case, END_TO_END, median_s=0.01, iqr_s=0.0001, rounds=10)
+
+
+def test_the_report_states_the_pace_and_flags_a_changed_machine(tmp_path):
+    results = SuiteResults(timings=[_timing()], pace=Pace(2.0, 3.0))
+    write_report(results, tmp_path)
+    text = (tmp_path / "speed.md").read_text()
+    assert "2.00 ms at the start, 3.00 ms at the end" in text and "+50%" in text
+    assert "rerun" in text
+    assert json.loads((tmp_path / "speed.json").read_text())["pace"]["end_ms"] == 3.0
+    write_report(SuiteResults(timings=[_timing()], pace=Pace(2.0, 2.1)), tmp_path)
+    assert "(steady)" in (tmp_path / "speed.md").read_text()
+
+
+def _run(tmp_path, name: str, pace: Pace | None) -> dict:
+    run = {"benchmarks": [], "machine_info": {}}
+    if pace is not None:
+        run["supercharge"] = {"pace": pace.as_dict()}
+    (tmp_path / name).write_text(json.dumps(run))
+    return run
+
+
+def test_gate_notes_a_machine_that_changed_pace_between_and_during_runs(tmp_path):
+    base, cur = _run(tmp_path, "a.json", Pace(2.0, 2.0)), _run(tmp_path, "b.json", Pace(3.0, 3.2))
+    assert run_pace(cur) == Pace(3.0, 3.2)
+    notes = pace_notes(cur, base)
+    assert notes[0].startswith("machine pace during the current run: +7% (steady)")
+    assert notes[1].startswith("machine pace baseline -> current: +55%") and "rerun" in notes[1]
+    old = _run(tmp_path, "c.json", None)
+    assert pace_notes(cur, old)[-1] == (
+        "machine pace: not recorded in the baseline (saved by an older suite)"
+    )
+    assert pace_notes(old) == []
+
+
+def test_the_pace_note_does_not_change_the_gates_verdict(tmp_path, capsys):
+    _run(tmp_path, "slow.json", Pace(2.0, 4.0))
+    # one run, one floor no case matches: the exit code is the floor's, the note only informs
+    assert cli_main(["gate", str(tmp_path / "slow.json"), "--min-speedup", "x=2"]) == 1
+    out = capsys.readouterr().out
+    assert "machine pace during the current run: +100%" in out and "unmatched" in out
