@@ -247,7 +247,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     floors = gate.floor_verdicts(current, targets) + gate.floor_verdicts(
         current, from_file, required=False
     )
-    for note in gate.pace_notes(current, baseline if len(args.runs) == 2 else None):
+    for note in gate.pace_notes(current, baseline):
         print(note)
     for verdict in verdicts + floors:
         print(verdict.line())

@@ -74,7 +74,8 @@ def _workload() -> bytes:
 
 def measure(runs: int = RUNS) -> float:
     """Median ms of the workload over `runs` runs, after a few warm-up runs (session creation
-    and the first allocations are not timed)."""
+    and the first allocations are not timed). A fixed count, not timing.probe's time budget:
+    two saved runs then time exactly the same thing."""
     import onnxruntime as ort
 
     from supercharge.runners.ort_runner import session_options
