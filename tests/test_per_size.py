@@ -92,9 +92,18 @@ def test_describe_before_and_after_a_batch(runner):
 
 @pytest.mark.parametrize("shape", [(1, 4, 4), (1, 3, 4, 4), (4, 4, 3)])
 def test_a_batch_that_is_not_nhwc_rgb_is_a_one_line_error(shape):
-    with pytest.raises(SuperchargeError, match=r"uint8 NHWC RGB batches, got shape") as info:
+    with pytest.raises(SuperchargeError, match=r"takes NHWC RGB batches, got shape") as info:
         image_size(np.zeros(shape, dtype=np.uint8))
     assert "\n" not in str(info.value)
+
+
+def test_an_nchw_graph_reads_its_size_from_the_last_two_axes():
+    assert image_size(np.zeros((2, 3, 40, 50), np.float32), "NCHW") == (40, 50)
+    assert image_size(np.zeros((2, 40, 50, 3), np.uint8), "NHWC") == (40, 50)
+    with pytest.raises(SuperchargeError, match=r"NCHW RGB batches, got shape \(2, 40, 50, 3\)"):
+        image_size(np.zeros((2, 40, 50, 3), np.uint8), "NCHW")
+    with pytest.raises(ValueError, match="NHWC or NCHW"):
+        PerSizeRunner(FakeRunner, "fake-cpu", "fp32", "cpu", layout="CHW")
 
 
 def test_capacity_must_hold_one_runner():

@@ -52,3 +52,26 @@ def test_top_must_be_positive(run_cli, coffee):
     code, _, err = run_cli("predict", coffee, "--top", "0")
     assert code == 2
     assert "--top 0" in err
+
+
+def test_predict_tells_tensorrt_the_batch_it_will_run(run_cli, coffee, tmp_path, monkeypatch):
+    """All images go in one batch: a backend whose profile fixes its largest batch (TensorRT)
+    is built for that many, so predicting on N photos never outgrows the engine."""
+    import supercharge.models
+    import supercharge.pipeline
+    from supercharge.errors import SuperchargeError
+
+    seen = []
+
+    def build(bundle, cache, backend, preprocess, **options):
+        seen.append((backend, options))
+        raise SuperchargeError("stop before any session")
+
+    monkeypatch.setattr(supercharge.models, "load_bundle", lambda *args: None)
+    monkeypatch.setattr(supercharge.pipeline, "build_pipeline", build)
+    for backend in ("ort-trt", "ort-cpu"):
+        code, _, err = run_cli(
+            "predict", coffee, coffee, coffee, "--backend", backend, "--artifact-dir", tmp_path
+        )
+        assert code == 2 and "stop before any session" in err
+    assert seen == [("ort-trt", {"max_batch": 3}), ("ort-cpu", {})]

@@ -30,7 +30,11 @@ from supercharge.models import load_bundle
 from supercharge.pipeline import BAKED, PREPROCESS, build_pipeline
 from supercharge.runners import BACKENDS, create_runner
 from supercharge.runners import ort_runner as ort_runner_module
-from supercharge.runners.base import BackendUnavailableError, backend_grid
+from supercharge.runners.base import (
+    BackendUnavailableError,
+    backend_grid,
+    largest_batch_options,
+)
 from supercharge.runners.ort_cuda import OrtCudaRunner, cuda_provider_options, cuda_providers
 from supercharge.runners.ort_runner import (
     OrtRunner,
@@ -42,6 +46,7 @@ from supercharge.runners.ort_runner import (
     to_ortvalue,
 )
 from supercharge.runners.ort_trt import OrtTrtRunner, TrtProfile, engine_cache_dir
+from supercharge.runners.per_size import PerSizeRunner
 from supercharge.runners.quantize import KIND as INT8_KIND
 from supercharge.runners.quantize import quantized_model
 
@@ -612,6 +617,50 @@ def test_trt_profile_refuses_shapes_that_would_rebuild(tiny_onnx, cache):
         TrtProfile.for_batches("input", (3, 160, 160), (1, 8), opt_batch=32)
     with pytest.raises(SuperchargeError):
         OrtTrtRunner(tiny_onnx, cache=cache, precision="int8")
+
+
+def test_trt_profile_runs_single_images_and_the_largest_batch():
+    """Batches from 1 (predict, the gates' single images) to the largest run, optimised for the
+    largest benchmarked one: a batch that is run but not benchmarked widens the range only."""
+    profile = TrtProfile.for_batches("input", (3, 160, 160), (8,), max_batch=10)
+    assert (profile.min[0], profile.opt[0], profile.max[0]) == (1, 8, 10)
+    assert profile.covers((1, 3, 160, 160)) and profile.covers((10, 3, 160, 160))
+    assert not profile.covers((11, 3, 160, 160))
+    assert TrtProfile.for_batches("input", (3, 160, 160), (1,), max_batch=5).opt[0] == 1
+    with pytest.raises(SuperchargeError, match=r"outside the profile's batch sizes 1\.\.8"):
+        TrtProfile.for_batches("input", (3, 160, 160), (1, 8), opt_batch=9)
+
+
+def test_only_a_backend_with_a_fixed_largest_batch_is_told_it():
+    assert largest_batch_options("ort-trt", 5) == {"max_batch": 5}
+    assert largest_batch_options("ort-cuda", 5) == {} == largest_batch_options("torch-cpu", 5)
+    with pytest.raises(SuperchargeError, match="unknown backend"):
+        largest_batch_options("ort-rocm", 5)
+
+
+@pytest.mark.parametrize(
+    "graph, shape, other",
+    [("baked", (400, 600, 3), (600, 400, 3)), ("seed", (3, 400, 600), (3, 600, 400))],
+)
+def test_trt_runs_an_any_size_graph_as_one_engine_per_image_size(
+    tiny, cache, monkeypatch, graph, shape, other
+):
+    """An engine fixes the range of every shape inside it, and the baked graph's inner shapes
+    follow the image size: on TensorRT such a graph runs one static engine per image size (made
+    when the size arrives, untimed), all from the one merged file; ORT CPU keeps one session."""
+    import supercharge.gpu
+
+    monkeypatch.setattr(supercharge.gpu, "backend_unavailable_reason", lambda backend: None)
+    runner = create_runner("ort-trt", tiny, cache, graph, "fp16", batch_sizes=(1, 8), max_batch=10)
+    assert isinstance(runner, PerSizeRunner) and runner.built == []
+    here, there = runner.make((400, 600)), runner.make((300, 200))
+    assert isinstance(here, OrtTrtRunner) and here.session is None  # no engine built yet
+    assert here.model_path == there.model_path and here.model_path.parent.name.count(graph)
+    assert here.profile().min == (1, *shape) and here.profile().max == (10, *shape)
+    assert not here.profile().covers((1, *other))
+    with pytest.raises(SuperchargeError, match="outside the TensorRT profile"):
+        here.place(np.zeros((1, *other), np.uint8 if graph == "baked" else np.float32))
+    assert not isinstance(create_runner("ort-cpu", tiny, cache, graph, "fp32"), PerSizeRunner)
 
 
 def _image_graph(path: Path) -> Path:

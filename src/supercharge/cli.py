@@ -133,13 +133,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from supercharge.models import load_bundle
     from supercharge.pipeline import build_pipeline
     from supercharge.predict import top_k
+    from supercharge.runners.base import largest_batch_options
 
     if args.top < 1:
         raise SuperchargeError(f"--top {args.top}: give a positive number of classes")
     images = [load_image(p) for p in args.images]  # fail on a bad image before loading a model
     bundle = load_bundle(args.model, args.weights)
     cache = ArtifactCache(args.artifact_dir)
-    pipeline = build_pipeline(bundle, cache, args.backend, args.preprocess)
+    options = largest_batch_options(args.backend, len(images))  # all images in one batch
+    pipeline = build_pipeline(bundle, cache, args.backend, args.preprocess, **options)
     ranked = top_k(pipeline(images), bundle.class_names, args.top)
     for path, preds in zip(args.images, ranked, strict=True):
         print(f"{path} ({bundle.name}, {pipeline.runner.backend}, {args.preprocess}):")

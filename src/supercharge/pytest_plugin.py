@@ -269,13 +269,18 @@ def batch_sizes(pytestconfig: pytest.Config) -> tuple[int, ...]:
 
 
 @pytest.fixture(scope="session")
-def pipeline_for(model_bundle, artifact_cache, batch_sizes, suite_results) -> Callable[[Any], Any]:
+def pipeline_for(
+    model_bundle, artifact_cache, batch_sizes, fixture_image_paths, suite_results
+) -> Callable[[Any], Any]:
     """combo -> prepared Pipeline. Only the latest one is kept, besides the baselines (one per
     device, timed around every case): the grid is ordered so that consecutive cases share a
     pipeline, and a large model's sessions are not all held at once. The machine's pace is
-    taken here, before the first case (supercharge.pace; the end is taken at session end)."""
+    taken here, before the first case (supercharge.pace; the end is taken at session end).
+    A backend that must know its largest batch up front (TensorRT's profile: `max_batch`) is
+    told the accuracy gates' batch of every fixture image too."""
     from supercharge.pace import Pace, measure
     from supercharge.pipeline import build_pipeline
+    from supercharge.runners.base import largest_batch_options
 
     if suite_results.pace is None:
         suite_results.pace = Pace(measure())
@@ -288,6 +293,7 @@ def pipeline_for(model_bundle, artifact_cache, batch_sizes, suite_results) -> Ca
         if combo not in store:
             if store is held:
                 held.clear()
+            options = largest_batch_options(combo.backend, len(fixture_image_paths))
             try:
                 store[combo] = build_pipeline(
                     model_bundle,
@@ -296,6 +302,7 @@ def pipeline_for(model_bundle, artifact_cache, batch_sizes, suite_results) -> Ca
                     combo.preprocess,
                     precision=combo.precision,
                     batch_sizes=batch_sizes,
+                    **options,
                 )
             except SuperchargeError as exc:
                 _user_error(exc)

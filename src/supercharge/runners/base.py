@@ -86,9 +86,16 @@ class BackendSpec:
     options: tuple[str, ...]  # keyword options create_runner passes on
     factory: RunnerFactory
     onnx: bool  # runs ONNX graphs (so baked preprocessing graphs too)
+    # Graphs this backend runs as one session per image size. The separable graph is built per
+    # size; TensorRT also needs it for graphs that take any size ("baked", "seed"): an engine
+    # holds every input shape inside its profile, and the baked graph's band spans (so the
+    # shapes inside it) follow the image size, so one static engine per size is the one that
+    # never rebuilds inside a timed region.
+    per_size_graphs: tuple[str, ...] = ("separable",)
 
 
 GRAPHS = ("model", "baked", "seed", "separable")
+_IMAGE_LAYOUTS = {"separable": "NHWC", "baked": "NHWC", "seed": "NCHW"}
 
 
 def onnx_graph_path(
@@ -131,11 +138,13 @@ def default_input_shape(
     """Non-batch input dims for warm-up and TensorRT profiles when the graph leaves them open.
 
     The plain export fixes C, H, W; a baked graph takes any image size, so warm-ups use an image
-    of the model's own input size (uint8 NHWC for "baked", float NCHW for "seed"); a separable
-    graph takes its one image size.
+    of the model's own input size (uint8 NHWC for "baked", float NCHW for "seed") unless an
+    image_size is given (a separable graph's one size, or the size a per-size runner serves).
     """
     channels, height, width = bundle.input_size
-    if graph == "separable" and image_size is not None:
+    if image_size is not None and graph in _IMAGE_LAYOUTS:
+        if _IMAGE_LAYOUTS[graph] == "NCHW":
+            return (channels, *image_size)
         return (*image_size, channels)
     if graph == "baked":
         return (height, width, channels)
@@ -152,11 +161,13 @@ def _graph_file(
     options: dict[str, Any],
     calibration: Any = None,
 ) -> Path:
-    """The ONNX file an ORT runner loads, taking `image_size` (separable graphs) out of
-    `options` and filling in the `input_shape` warm-ups and profiles need."""
+    """The ONNX file an ORT runner loads, taking `image_size` (per-size runners) out of
+    `options` and filling in the `input_shape` warm-ups and profiles need. Only the separable
+    graph is a file per size; a baked graph serves every size from one file."""
     size = options.pop("image_size", None)
     options.setdefault("input_shape", default_input_shape(bundle, graph, size))
-    return onnx_graph_path(bundle, cache, graph, precision, calibration, size)
+    file_size = size if graph == "separable" else None
+    return onnx_graph_path(bundle, cache, graph, precision, calibration, file_size)
 
 
 def _cuda_required(backend: str) -> None:
@@ -213,6 +224,7 @@ def _ort_trt(
 
 _TORCH_OPTIONS = ("channels_last", "compile", "batch_sizes")
 _ORT_OPTIONS = ("io_binding", "batch_sizes", "threads", "input_shape")
+_TRT_OPTIONS = ("builder_optimization_level", "opt_batch", "max_batch")
 _GPU_ORT_OPTIONS = (*_ORT_OPTIONS, "device_id")
 
 BACKENDS: dict[str, BackendSpec] = {
@@ -237,9 +249,10 @@ BACKENDS: dict[str, BackendSpec] = {
             "ort-trt",
             "cuda",
             ("fp16", "fp32"),
-            (*_GPU_ORT_OPTIONS, "builder_optimization_level", "opt_batch"),
+            (*_GPU_ORT_OPTIONS, *_TRT_OPTIONS),
             _ort_trt,
             True,
+            per_size_graphs=("separable", "baked", "seed"),
         ),
     )
 }
@@ -253,6 +266,12 @@ def backend_spec(backend: str) -> BackendSpec:
         raise SuperchargeError(
             f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}"
         ) from None
+
+
+def largest_batch_options(backend: str, largest: int) -> dict[str, Any]:
+    """`{"max_batch": largest}` for a backend that must know its largest batch before its first
+    run (TensorRT's profile), else `{}`: for callers that run a batch they do not benchmark."""
+    return {"max_batch": largest} if "max_batch" in backend_spec(backend).options else {}
 
 
 def supported(backend: str) -> tuple[str, ...]:
@@ -302,13 +321,13 @@ def create_runner(
             f"backend {backend!r} has no option {', '.join(unknown)}: "
             f"its options are {', '.join(spec.options)}"
         )
-    if graph == "separable":  # one graph per image size: built when a size first arrives
+    if graph in spec.per_size_graphs:  # one session per image size, made when a size arrives
         from supercharge.runners.per_size import PerSizeRunner
 
         def make(size: tuple[int, int]) -> Runner:
             return spec.factory(bundle, cache, graph, precision, image_size=size, **options)
 
-        return PerSizeRunner(make, backend, precision, spec.device)
+        return PerSizeRunner(make, backend, precision, spec.device, layout=_IMAGE_LAYOUTS[graph])
     runner = spec.factory(bundle, cache, graph, precision, **options)
     runner.prepare()
     return runner

@@ -54,18 +54,22 @@ class TrtProfile:
         shape: Sequence[int],
         batch_sizes: Sequence[int],
         opt_batch: int | None = None,
+        max_batch: int | None = None,
     ) -> TrtProfile:
-        """The profile covering `batch_sizes` of inputs `(N, *shape)`, optimised for `opt_batch`
-        (default: the largest batch, which the engine then runs best; smaller ones stay valid)."""
-        low, high = min(batch_sizes), max(batch_sizes)
-        opt = high if opt_batch is None else opt_batch
-        if not low <= opt <= high:
+        """The profile for inputs `(N, *shape)`, optimised for `opt_batch` (default: the largest
+        of `batch_sizes`, which the engine then runs best). It runs batches from 1 (single
+        images: predict, the accuracy gates) up to the largest of `batch_sizes` and `max_batch`
+        (a batch that is run but not benchmarked, such as the gates' batch of every fixture
+        image), so none of them makes the engine rebuild."""
+        opt = max(batch_sizes) if opt_batch is None else opt_batch
+        high = max(*batch_sizes, max_batch or 1)
+        if not 1 <= opt <= high:
             raise SuperchargeError(
-                f"opt_batch {opt} is outside the benchmarked batch sizes {low}..{high}: "
+                f"opt_batch {opt} is outside the profile's batch sizes 1..{high}: "
                 "pick one of batch_sizes"
             )
         rest = tuple(int(d) for d in shape)
-        return cls(input_name, (low, *rest), (opt, *rest), (high, *rest))
+        return cls(input_name, (1, *rest), (opt, *rest), (high, *rest))
 
     def covers(self, shape: Sequence[int]) -> bool:
         return len(shape) == len(self.min) and all(
@@ -187,6 +191,7 @@ class OrtTrtRunner(OrtRunner):
         threads: int | None = None,
         input_shape: Sequence[int] | None = None,
         opt_batch: int | None = None,
+        max_batch: int | None = None,
         builder_optimization_level: int | None = None,
         gpu: Mapping[str, Any] | None = None,
     ) -> None:
@@ -207,6 +212,7 @@ class OrtTrtRunner(OrtRunner):
         )
         self.cache_root = Path(cache.root)
         self.opt_batch = opt_batch
+        self.max_batch = max_batch
         self.builder_optimization_level = builder_optimization_level
         self._gpu = dict(gpu) if gpu is not None else None
         self._profile: TrtProfile | None = None
@@ -219,6 +225,7 @@ class OrtTrtRunner(OrtRunner):
                 self.profile_shape(1)[1:],
                 self.batch_sizes,
                 self.opt_batch,
+                self.max_batch,
             )
         return self._profile
 
@@ -259,8 +266,8 @@ class OrtTrtRunner(OrtRunner):
             raise SuperchargeError(
                 f"input shape {shape} is outside the TensorRT profile "
                 f"{profile.min}..{profile.max}: "
-                "pass the batch sizes (and input_shape) you run to create_runner, so the engine "
-                "is built in prepare() and not mid-benchmark"
+                "pass the batch sizes you run (batch_sizes, max_batch) to create_runner, so the "
+                "engine is built in prepare() and not mid-benchmark"
             )
         return super().place(batch)
 

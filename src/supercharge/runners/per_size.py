@@ -1,4 +1,5 @@
-"""One runner per image size, for graphs built for a single input size (the separable graph).
+"""One runner per image size: for graphs built for a single input size (the separable graph),
+and for TensorRT, whose engines fix every input shape's range (runners.base per_size_graphs).
 
 The separable preprocessing graph bakes Pillow's resampling weights and the crop for one image
 size into the ONNX file as constants (the baked graph computes them per run, for any size, at a
@@ -37,15 +38,16 @@ class Sized:
         return tuple(self.value.shape)
 
 
-def image_size(batch: Any) -> Size:
-    """(H, W) of an NHWC image batch (numpy or cupy)."""
+def image_size(batch: Any, layout: str = "NHWC") -> Size:
+    """(H, W) of an RGB image batch (numpy or cupy) laid out as `layout` ("NHWC" or "NCHW")."""
     shape = tuple(batch.shape)
-    if len(shape) != 4 or shape[3] != 3:
+    channels = 3 if layout == "NHWC" else 1
+    if len(shape) != 4 or shape[channels] != 3:
         raise SuperchargeError(
-            f"a separable graph takes uint8 NHWC RGB batches, got shape {shape}: pass decoded "
-            "images through the pipeline"
+            f"this graph takes {layout} RGB batches, got shape {shape}: pass decoded images "
+            "through the pipeline"
         )
-    return int(shape[1]), int(shape[2])
+    return (int(shape[1]), int(shape[2])) if layout == "NHWC" else (int(shape[2]), int(shape[3]))
 
 
 class PerSizeRunner(Runner):
@@ -58,9 +60,13 @@ class PerSizeRunner(Runner):
         precision: str,
         device: str,
         capacity: int = CAPACITY,
+        layout: str = "NHWC",
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity {capacity} must be at least 1")
+        if layout not in ("NHWC", "NCHW"):
+            raise ValueError(f"layout {layout!r} is not NHWC or NCHW")
+        self.layout = layout
         self.make = make
         self.backend = backend
         self.precision = precision
@@ -73,7 +79,7 @@ class PerSizeRunner(Runner):
         """Nothing to do before the first batch: the graph depends on its image size."""
 
     def prepare_input(self, batch: Any) -> None:
-        self.runner_for(image_size(batch))
+        self.runner_for(image_size(batch, self.layout))
 
     def runner_for(self, size: Size) -> Runner:
         runner = self._runners.get(size)
@@ -88,7 +94,7 @@ class PerSizeRunner(Runner):
         return runner
 
     def place(self, batch: Any) -> Sized:
-        runner = self.runner_for(image_size(batch))
+        runner = self.runner_for(image_size(batch, self.layout))
         return Sized(runner, runner.place(batch))
 
     def run_placed(self, placed: Sized) -> Sized:
