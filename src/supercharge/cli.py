@@ -270,6 +270,9 @@ COMMANDS = {"predict": cmd_predict, "export": cmd_export, "gate": cmd_gate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from supercharge.gpu import forbid_tf32
+
+    forbid_tf32()  # before any CUDA library loads: --precision fp32 is strict fp32 everywhere
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

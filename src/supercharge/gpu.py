@@ -13,11 +13,30 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
 GPU_EXTRA = "pip install 'supercharge-timm[gpu]'"
 _TRT_DISTS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-libs")
+TF32_ENV = "NVIDIA_TF32_OVERRIDE"
+
+
+def forbid_tf32() -> str:
+    """Make fp32 mean fp32 in every NVIDIA library this process loads (cuBLAS, cuDNN, TensorRT).
+
+    TensorRT builds fp32 engines with TF32 kernels unless told otherwise, and ONNX Runtime's
+    TensorRT EP has no option for it; NVIDIA's libraries all honour NVIDIA_TF32_OVERRIDE=0.
+    torch and the CUDA EP turn TF32 off themselves for fp32, and fp16/bf16 do not use it, so
+    nothing else changes. Call before any CUDA library loads (pytest start, CLI start); a value
+    already in the environment is kept. Returns the value in force.
+    """
+    return os.environ.setdefault(TF32_ENV, "0")
+
+
+def tf32_override() -> str | None:
+    """NVIDIA_TF32_OVERRIDE as this process sees it ("0": TF32 off everywhere; None: unset)."""
+    return os.environ.get(TF32_ENV)
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -78,6 +97,27 @@ def tensorrt_unavailable_reason() -> str | None:
     if tensorrt_version() is None and importlib.util.find_spec("tensorrt") is None:
         return f"TensorRT is not installed: {GPU_EXTRA} (tensorrt-cu13)"
     return None
+
+
+def load_tensorrt() -> None:
+    """Load TensorRT's libraries into the process before ONNX Runtime's TensorRT EP asks for them.
+
+    The EP opens libnvinfer by name, and a pip-installed TensorRT keeps it in its wheel's folder,
+    off the loader's path ("libnvinfer.so.10: cannot open shared object file"); importing the
+    tensorrt package loads them from there. Without the package (a system install), nothing to
+    do. A package that is installed but cannot load is a one-line error.
+    """
+    from supercharge.errors import SuperchargeError
+
+    if importlib.util.find_spec("tensorrt") is None:
+        return
+    try:
+        import tensorrt  # noqa: F401
+    except Exception as exc:  # missing CUDA libraries surface as OSError or ImportError
+        raise SuperchargeError(
+            f"TensorRT is installed but cannot load ({_first_line(exc)}): install the "
+            "tensorrt package that matches this CUDA (tensorrt-cu13), or use backend ort-cuda"
+        ) from exc
 
 
 def cupy_unavailable_reason() -> str | None:

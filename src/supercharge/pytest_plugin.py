@@ -79,6 +79,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
     config.stash[_RESULTS] = SuiteResults()
+    from supercharge.gpu import forbid_tf32
+
+    forbid_tf32()  # before any CUDA library loads: fp32 cases are strict fp32, TensorRT's too
     try:
         _grid_selection(config)
         pyproject = _pyproject(config)

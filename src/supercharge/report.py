@@ -285,7 +285,7 @@ def _torch_cuda_build() -> str | None:
 
 def machine_info() -> dict[str, Any]:
     """What a compared run needs to know: CPU, GPU, driver and every runtime's version."""
-    from supercharge.gpu import gpu_info
+    from supercharge.gpu import gpu_info, tf32_override
     from supercharge.malloc import malloc_state
 
     ort = next(
@@ -305,6 +305,8 @@ def machine_info() -> dict[str, Any]:
         "malloc": malloc_state(),  # CPU timings depend on it (supercharge.malloc)
     }
     info.update(gpu_info())
+    if info.get("gpu_name"):  # "0": fp32 is strict fp32 in TensorRT too (gpu.forbid_tf32)
+        info["nvidia_tf32_override"] = tf32_override()
     return info
 
 

@@ -95,6 +95,22 @@ def ensure_provider(session: Any, requested: str) -> None:
         )
 
 
+def ensure_placed(placement: dict[str, int], requested: str, model_path: Path) -> None:
+    """Fail when `requested` is in use but ran none of the graph's nodes.
+
+    ONNX Runtime lists a registered EP first even when it supported nothing in the graph (a
+    TensorRT EP that rejects every node leaves the graph to the CUDA EP behind it), so the
+    provider list alone would label CUDA EP timings "ort-trt". An empty placement (ORT could not
+    say) is not judged; describe() shows it as {}.
+    """
+    if placement and placement.get(requested, 0) == 0:
+        ran = ", ".join(f"{ep} {n}" for ep, n in sorted(placement.items()))
+        raise ProviderError(
+            f"{requested} is registered but ran none of {model_path.name}'s nodes ({ran}): "
+            "it supports nothing in this graph; pick the backend that ran them"
+        )
+
+
 def create_session(model_path: Path, providers: Providers, options: Any) -> Any:
     """An InferenceSession on exactly `providers`: no silent fallback to the CPU EP."""
     import onnxruntime as ort
@@ -311,6 +327,11 @@ class OrtRunner(Runner):
                 raise
         if not self.node_placement:
             self.node_placement = assigned_nodes(session)
+        try:
+            ensure_placed(self.node_placement, self.provider, self.model_path)
+        except ProviderError:
+            self.session, self._slots = None, {}
+            raise
 
     def graph_input(self) -> tuple[str, list[Any]]:
         """The graph's input name and dims (ints, or names for dynamic ones), read from the file
@@ -432,8 +453,8 @@ class OrtRunner(Runner):
                 "run without cuda_graph"
             )
         with cp.cuda.Device(self.device_id):
-            inp = cp.empty(shape, dtype=self._input_type)
-            out = cp.empty((shape[0], classes), dtype=np.float32)
+            inp = cp.zeros(shape, dtype=self._input_type)
+            out = cp.zeros((shape[0], classes), dtype=np.float32)
         binding = self.session.io_binding()
         binding.bind_input(
             self._input, self.device, self.device_id, self._input_type, list(shape), inp.data.ptr
@@ -441,6 +462,14 @@ class OrtRunner(Runner):
         binding.bind_output(
             self._output, self.device, self.device_id, np.float32, list(out.shape), out.data.ptr
         )
+        # One ordinary run of this shape first ("-1": no capture, no replay), so the arena
+        # grows and cuDNN searches its algorithms outside stream capture: ORT counts the
+        # ordinary runs before capture per EP, not per graph id, so the next run captures.
+        ordinary = ort.RunOptions()
+        ordinary.add_run_config_entry("gpu_graph_id", "-1")
+        binding.synchronize_inputs()
+        self.session.run_with_iobinding(binding, ordinary)
+        binding.synchronize_outputs()
         run_options = ort.RunOptions()
         # One captured graph per input shape, told apart by this run option.
         run_options.add_run_config_entry("gpu_graph_id", str(graph_id))

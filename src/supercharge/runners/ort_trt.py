@@ -8,8 +8,9 @@ non-portable: the model file, GPU name and compute capability, TensorRT and ONNX
 versions, precision, profile shapes and builder level. Old engines are never reused by accident.
 
 fp16 sets `trt_fp16_enable` (TensorRT picks fp16 kernels where it wants, fp32 elsewhere). An
-fp32 engine may still use TF32, TensorRT's default (NVIDIA_TF32_OVERRIDE=0 in the environment
-forbids it); describe() says so.
+fp32 engine would use TF32, TensorRT's default, unless NVIDIA_TF32_OVERRIDE=0: the pytest plugin
+and the CLI set it at start (supercharge.gpu.forbid_tf32); describe() and the engine cache key
+record the value in force, so a TF32 engine is never reused as a strict fp32 one.
 
 Option names follow ONNX Runtime's TensorRT EP documentation: trt_fp16_enable,
 trt_engine_cache_enable/_path, trt_timing_cache_enable/_path, trt_profile_{min,opt,max}_shapes
@@ -101,8 +102,11 @@ def engine_cache_dir(
     The model is identified by its artifact folder (content-keyed) and file name, so a new
     export, another GPU, another TensorRT or ORT, precision or profile gets its own folder.
     """
+    from supercharge.gpu import tf32_override
+
     inputs = {
         "model": f"{model_path.parent.name}/{model_path.name}",
+        "tf32_override": tf32_override() if precision == "fp32" else None,
         "gpu": gpu.get("gpu_name"),
         "compute_capability": gpu.get("compute_capability"),
         "versions": dict(versions),
@@ -254,6 +258,9 @@ class OrtTrtRunner(OrtRunner):
 
     def prepare(self) -> None:
         if self.session is None:
+            from supercharge.gpu import load_tensorrt
+
+            load_tensorrt()  # a pip TensorRT's libraries are off the loader's path otherwise
             providers = dict(self.providers())
             options = providers[TRT_PROVIDER]
             for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
@@ -276,6 +283,12 @@ class OrtTrtRunner(OrtRunner):
         info["trt_profile"] = self.profile().options()
         info["engine_cache"] = str(self.cache_dir) if self.cache_dir else None
         if self.precision == "fp32":
-            info["tf32"] = "allowed (TensorRT default; NVIDIA_TF32_OVERRIDE=0 forbids it)"
+            from supercharge.gpu import tf32_override
+
+            info["tf32"] = (
+                "off (NVIDIA_TF32_OVERRIDE=0)"
+                if tf32_override() == "0"
+                else "allowed (TensorRT default; NVIDIA_TF32_OVERRIDE=0 forbids it)"
+            )
         info.update({k: v for k, v in runtime_versions().items() if k == "tensorrt"})
         return info
