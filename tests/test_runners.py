@@ -682,6 +682,14 @@ def test_trt_runs_an_any_size_graph_as_one_engine_per_image_size(
     assert not isinstance(create_runner("ort-cpu", tiny, cache, graph, "fp32"), PerSizeRunner)
 
 
+def test_sessions_never_fall_back_to_another_provider(tiny_onnx):
+    """ORT retries a failed run on the CPU EP unless fallback is off: a benchmark would then
+    time the CPU under a GPU label, run after run."""
+    runner = OrtRunner(tiny_onnx)
+    runner.prepare()
+    assert runner.session._enable_fallback is False
+
+
 def test_a_provider_that_ran_no_node_is_an_error():
     """ORT lists a registered EP first even when it took nothing: TensorRT rejecting the whole
     graph would leave CUDA EP timings labelled ort-trt."""

@@ -127,6 +127,7 @@ def create_session(model_path: Path, providers: Providers, options: Any) -> Any:
             "check the provider's libraries (supercharge.gpu.provider_unavailable_reason) "
             "or pick another backend"
         ) from exc
+    session.disable_fallback()  # also where the enable_fallback keyword is not read
     ensure_provider(session, requested)
     return session
 
