@@ -595,8 +595,9 @@ def test_ort_trt_runner_options_without_a_gpu(tiny_onnx, cache):
     assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"]
     engines = Path(options["trt_engine_cache_path"])
     timing = Path(options["trt_timing_cache_path"])
-    assert engines.parent == timing.parent and engines.parent.parent == cache.root / "ort-trt"
+    assert engines.parent.parent == timing.parent == cache.root / "ort-trt"
     assert "NVIDIA_H200-sm90-fp16" in engines.parent.name
+    assert timing.name.startswith("timing-NVIDIA_H200-sm90-")
     # Each thing that makes an engine non-portable gets its own folder.
     dirs = {
         engines.parent,
@@ -620,11 +621,41 @@ def test_ort_trt_runner_options_without_a_gpu(tiny_onnx, cache):
         ).parent,
     }
     assert len(dirs) == 4
+    # Timings are per layer: shared by every engine of one GPU and versions, not across GPUs.
+    timings = {
+        OrtTrtRunner(tiny_onnx, cache=cache, precision=p, batch_sizes=b, gpu=g).providers()[0][1][
+            "trt_timing_cache_path"
+        ]
+        for p, b, g in [("fp16", (1, 8), H200), ("fp32", (1, 16), H200)]
+    }
+    assert timings == {str(timing)}
+    l4 = {"gpu_name": "NVIDIA L4", "compute_capability": "8.9"}
+    l4_timing = OrtTrtRunner(tiny_onnx, cache=cache, gpu=l4).providers()[0][1]
+    assert l4_timing["trt_timing_cache_path"] != str(timing)
     fp32 = OrtTrtRunner(tiny_onnx, cache=cache, precision="fp32", opt_batch=4, batch_sizes=(1, 8))
     fp32._gpu = H200
     fp32_options = fp32.providers()[0][1]
     assert fp32_options["trt_fp16_enable"] is False
     assert fp32_options["trt_profile_opt_shapes"] == "input:4x3x160x160"
+
+
+def test_trt_engines_are_built_holding_the_timing_cache_lock(tiny_onnx, cache, monkeypatch):
+    """One build at a time per GPU: a concurrent one would skew TensorRT's kernel timings and
+    race on the shared timing cache. (The build itself needs TensorRT; the lock does not.)"""
+    from filelock import FileLock, Timeout
+
+    runner = OrtTrtRunner(tiny_onnx, cache=cache, gpu=H200)
+    held = []
+
+    def build(self):
+        lock = Path(self.providers()[0][1]["trt_timing_cache_path"]) / ".build.lock"
+        with pytest.raises(Timeout):
+            FileLock(str(lock)).acquire(timeout=0)
+        held.append(lock)
+
+    monkeypatch.setattr(OrtRunner, "prepare", build)
+    runner.prepare()
+    assert held and FileLock(str(held[0])).acquire(timeout=0)  # released after the build
 
 
 def test_trt_profile_refuses_shapes_that_would_rebuild(tiny_onnx, cache):

@@ -2,10 +2,13 @@
 
 Engines are built in prepare() (one warm-up per batch size against one explicit optimisation
 profile covering all of them), never in run(): place() refuses a shape outside the profile,
-which would otherwise make the EP rebuild the engine inside a timed region. Engine and timing
-caches live in the artifact cache root, in a folder keyed by everything that makes an engine
-non-portable: the model file, GPU name and compute capability, TensorRT and ONNX Runtime
-versions, precision, profile shapes and builder level. Old engines are never reused by accident.
+which would otherwise make the EP rebuild the engine inside a timed region. Engines live in the
+artifact cache root, in a folder keyed by everything that makes an engine non-portable: the
+model file, GPU name and compute capability, TensorRT and ONNX Runtime versions, precision,
+profile shapes and builder level. Old engines are never reused by accident. The timing cache
+(TensorRT's measured kernel timings, by layer) is shared by every engine built for one GPU and
+one set of versions: the model graph, its baked variants and each image size's engine have the
+same layers, so later builds skip most of the kernel timing.
 
 fp16 sets `trt_fp16_enable` (TensorRT picks fp16 kernels where it wants, fp32 elsewhere). An
 fp32 engine would use TF32, TensorRT's default, unless NVIDIA_TF32_OVERRIDE=0: the pytest plugin
@@ -121,14 +124,34 @@ def engine_cache_dir(
     return Path(root) / CACHE_KIND / f"{slug}-{key}"
 
 
+def timing_cache_dir(root: Path, gpu: Mapping[str, Any], versions: Mapping[str, Any]) -> Path:
+    """`<root>/ort-trt/timing-<gpu>-sm<cc>-<key>`: one timing cache per GPU and versions.
+
+    Timings are only valid for the GPU and TensorRT that measured them, so those key it; the
+    model, precision and profile do not (entries are per layer configuration).
+    """
+    inputs = {
+        "gpu": gpu.get("gpu_name"),
+        "compute_capability": gpu.get("compute_capability"),
+        "versions": dict(versions),
+    }
+    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+    name = str(gpu.get("gpu_name") or "gpu")
+    cc = str(gpu.get("compute_capability") or "").replace(".", "")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"timing-{name}-sm{cc}")
+    return Path(root) / CACHE_KIND / f"{slug}-{key}"
+
+
 def trt_provider_options(
     profile: TrtProfile,
     precision: str,
     cache_dir: Path,
     device_id: int = 0,
     builder_optimization_level: int | None = None,
+    timing_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """TensorRT EP options: precision, engine and timing caches in `cache_dir`, the profile."""
+    """TensorRT EP options: precision, the engine cache in `cache_dir`, the timing cache in
+    `timing_dir` (default: beside the engines), the profile."""
     if precision not in PRECISIONS:
         raise SuperchargeError(
             f"ort-trt has no precision {precision!r}: choose one of {', '.join(PRECISIONS)}"
@@ -139,7 +162,7 @@ def trt_provider_options(
         "trt_engine_cache_enable": True,
         "trt_engine_cache_path": str(Path(cache_dir) / "engines"),
         "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": str(Path(cache_dir) / "timing"),
+        "trt_timing_cache_path": str(timing_dir or Path(cache_dir) / "timing"),
         **profile.options(),
     }
     if builder_optimization_level is not None:
@@ -158,6 +181,7 @@ def trt_providers(
     cache_dir: Path,
     device_id: int = 0,
     builder_optimization_level: int | None = None,
+    timing_dir: Path | None = None,
 ) -> Providers:
     """TensorRT first (asserted), the CUDA EP after it for nodes TensorRT rejects (fp32, no
     TF32), as ONNX Runtime's documentation recommends."""
@@ -165,7 +189,7 @@ def trt_providers(
         (
             TRT_PROVIDER,
             trt_provider_options(
-                profile, precision, cache_dir, device_id, builder_optimization_level
+                profile, precision, cache_dir, device_id, builder_optimization_level, timing_dir
             ),
         ),
         (CUDA_PROVIDER, cuda_provider_options(device_id)),
@@ -238,12 +262,12 @@ class OrtTrtRunner(OrtRunner):
             from supercharge.gpu import gpu_info
 
             self._gpu = gpu_info()
-        profile = self.profile()
+        profile, versions = self.profile(), runtime_versions()
         self.cache_dir = engine_cache_dir(
             self.cache_root,
             self.model_path,
             self._gpu,
-            runtime_versions(),
+            versions,
             self.precision,
             profile,
             self.builder_optimization_level,
@@ -254,18 +278,25 @@ class OrtTrtRunner(OrtRunner):
             self.cache_dir,
             self.device_id,
             self.builder_optimization_level,
+            timing_cache_dir(self.cache_root, self._gpu, versions),
         )
 
     def prepare(self) -> None:
-        if self.session is None:
-            from supercharge.gpu import load_tensorrt
+        """Create the session and build (or load) the engine by one warm-up per batch size,
+        holding the timing cache's lock: a second process building on this GPU at the same time
+        would skew TensorRT's kernel timings and race on the shared cache file."""
+        if self.session is not None:
+            return
+        from filelock import FileLock
 
-            load_tensorrt()  # a pip TensorRT's libraries are off the loader's path otherwise
-            providers = dict(self.providers())
-            options = providers[TRT_PROVIDER]
-            for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
-                Path(options[key]).mkdir(parents=True, exist_ok=True)
-        super().prepare()  # the engine is built by the warm-up run per batch size
+        from supercharge.gpu import load_tensorrt
+
+        load_tensorrt()  # a pip TensorRT's libraries are off the loader's path otherwise
+        options = dict(self.providers())[TRT_PROVIDER]
+        for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
+            Path(options[key]).mkdir(parents=True, exist_ok=True)
+        with FileLock(str(Path(options["trt_timing_cache_path"]) / ".build.lock")):
+            super().prepare()
 
     def place(self, batch: Any) -> Any:
         shape, profile = tuple(batch.shape), self.profile()
