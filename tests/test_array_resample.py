@@ -59,3 +59,42 @@ def test_numpy_preprocessing_runs_blas_on_one_thread_and_restores_it(monkeypatch
         assert set(_blas_threads()) == {2}  # the caller's setting is back
     assert batch.shape == (2, 3, 32, 32) and batch.dtype == np.float32
     assert seen == [[1] * len(_blas_threads())] * 2  # every image resized with one BLAS thread
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
+def test_weights_for_kept_rows_are_those_rows_of_the_full_matrix(interpolation):
+    full = pil_resample.weights(40, 300, interpolation)
+    np.testing.assert_array_equal(
+        pil_resample.weights(40, 300, interpolation, (100, 124)), full[100:124]
+    )
+    with pytest.raises(ValueError, match=r"not within 0\.\.300"):
+        pil_resample.weights(40, 300, interpolation, (290, 310))
+
+
+def test_a_thin_strip_is_resized_without_the_full_weight_matrix():
+    """1 x 5000 px resized to a 256 short side is 256 x 1.28 M before the crop: its full weight
+    matrix would be 51 GB. Only the 224 kept columns' weights are built."""
+    import tracemalloc
+
+    from supercharge.preprocess.array_impl import ArrayPreprocess
+    from supercharge.preprocess.spec import PreprocessSpec
+
+    spec = PreprocessSpec.from_data_config(
+        {
+            "input_size": (3, 224, 224),
+            "interpolation": "bicubic",
+            "crop_pct": 0.875,
+            "crop_mode": "center",
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+        }
+    )
+    strip = np.random.default_rng(1).integers(0, 256, (1, 5000, 3), dtype=np.uint8)
+    tracemalloc.start()
+    try:
+        batch = ArrayPreprocess(spec)([strip])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert batch.shape == (1, 3, 224, 224) and np.isfinite(batch).all()
+    assert peak < 200 * 2**20

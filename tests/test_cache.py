@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 from tests.conftest import PYTHON
 
-from supercharge.cache import ArtifactCache, ArtifactSpec
+import supercharge.cache as cache_mod
+from supercharge.cache import _PID_TAG, ArtifactCache, ArtifactSpec
 from supercharge.errors import ArtifactError
 
 
@@ -97,6 +104,208 @@ def test_unusable_artifact_dir_is_one_line_error(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(ArtifactError, match=r"artifact dir .*file/cache cannot be created"):
         ArtifactCache(blocker / "cache")
+
+
+def _quiet(root: Path) -> ArtifactCache:
+    return ArtifactCache(root, log=lambda m: None)
+
+
+def _denied(path: object) -> PermissionError:
+    return PermissionError(errno.EACCES, "Permission denied", str(path))
+
+
+def _assert_one_line(exc: pytest.ExceptionInfo[ArtifactError], path: Path) -> None:
+    msg = str(exc.value)
+    assert "\n" not in msg
+    assert str(path) in msg
+    assert "--artifact-dir" in msg
+
+
+def _leftovers(kind_dir: Path) -> list[str]:
+    return sorted(p.name for p in kind_dir.iterdir() if p.name.startswith((".build-", ".trash-")))
+
+
+def test_kind_dir_that_is_a_file_is_one_line_error(tmp_path):
+    blocker = tmp_path / "test-kind"
+    blocker.write_text("mine")
+    with pytest.raises(ArtifactError, match="is not a directory: remove the file") as exc:
+        _quiet(tmp_path).get_or_build(_spec(), CountingBuilder())
+    _assert_one_line(exc, blocker)
+    assert blocker.read_text() == "mine"
+
+
+def test_locks_dir_that_is_a_file_is_one_line_error(tmp_path):
+    (tmp_path / ".locks").write_text("mine")
+    with pytest.raises(ArtifactError, match="is not a directory: remove the file") as exc:
+        _quiet(tmp_path)
+    _assert_one_line(exc, tmp_path / ".locks")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
+def test_read_only_kind_dir_is_one_line_error(tmp_path):
+    kind_dir = tmp_path / "test-kind"
+    kind_dir.mkdir()
+    kind_dir.chmod(0o555)
+    try:
+        if os.access(kind_dir, os.W_OK):
+            pytest.skip("running as root: permissions are bypassed (see the monkeypatched test)")
+        with pytest.raises(ArtifactError, match="cannot create a build folder") as exc:
+            _quiet(tmp_path).get_or_build(_spec(), CountingBuilder())
+        _assert_one_line(exc, kind_dir)
+    finally:
+        kind_dir.chmod(0o755)
+
+
+@pytest.mark.parametrize("step", ["mkdir", "lock", "mkdtemp", "replace"])
+def test_os_error_below_the_root_is_one_line_error(tmp_path, monkeypatch, step):
+    """Each filesystem step under the root, failing as for another user's read-only folder."""
+    cache = _quiet(tmp_path)
+    final = cache.path_for(_spec())
+    real_mkdir, real_replace = os.mkdir, os.replace
+
+    def mkdir(path, *args, **kwargs):
+        if Path(path).name == "test-kind":
+            raise _denied(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(src).name.startswith(".build-"):
+            raise _denied(dst)
+        return real_replace(src, dst, *args, **kwargs)
+
+    def acquire(self, *args, **kwargs):
+        raise _denied(self.lock_file)
+
+    def mkdtemp(*args, **kwargs):
+        raise _denied(kwargs.get("dir"))
+
+    patch, named = {
+        "mkdir": ((os, "mkdir", mkdir), final.parent),
+        "lock": ((cache_mod.FileLock, "acquire", acquire), tmp_path / ".locks"),
+        "mkdtemp": ((tempfile, "mkdtemp", mkdtemp), final.parent),
+        "replace": ((os, "replace", replace), final),
+    }[step]
+    with monkeypatch.context() as m:
+        m.setattr(*patch)
+        with pytest.raises(ArtifactError, match="Permission denied") as exc:
+            cache.get_or_build(_spec(), CountingBuilder())
+    _assert_one_line(exc, named)
+    if final.parent.is_dir():
+        assert _leftovers(final.parent) == []
+    assert cache.get_or_build(_spec(), CountingBuilder()).built  # nothing left half-done
+
+
+def test_corrupt_artifact_that_cannot_be_moved_aside_is_kept(tmp_path, monkeypatch):
+    cache = _quiet(tmp_path)
+    art = cache.get_or_build(_spec(), CountingBuilder())
+    (art.path / "manifest.json").write_text("{not json")
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(src) == art.path:
+            raise _denied(src)
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(ArtifactError, match="cannot remove the corrupt artifact") as exc:
+        cache.get_or_build(_spec(), CountingBuilder())
+    _assert_one_line(exc, art.path)
+    assert (art.path / "blob.bin").is_file()
+    assert _leftovers(art.path.parent) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
+def test_lock_files_can_be_taken_by_other_users(tmp_path):
+    _quiet(tmp_path).get_or_build(_spec(), CountingBuilder())
+    [lock] = (tmp_path / ".locks").iterdir()
+    assert lock.stat().st_mode & 0o777 == 0o666
+
+
+def test_file_shaped_artifact_is_discarded_without_leftovers(tmp_path):
+    cache = _quiet(tmp_path)
+    final = cache.path_for(_spec())
+    final.parent.mkdir()
+    final.write_bytes(b"not an artifact")
+    art = cache.get_or_build(_spec(), CountingBuilder())
+    assert art.built and art.path.is_dir()
+    assert [p.name for p in final.parent.iterdir()] == [final.name]
+    stray = final.parent / "stray-file"
+    stray.write_bytes(b"x")
+    ArtifactCache._discard(stray)
+    assert [p.name for p in final.parent.iterdir()] == [final.name]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([PYTHON, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pid liveness is only checked on POSIX")
+def test_abandoned_temp_entries_of_dead_builders_are_swept(tmp_path):
+    dead, alive = _dead_pid(), os.getpid()
+    other_tag = "0" * 8 if _PID_TAG != "0" * 8 else "1" * 8
+    kind_dir = tmp_path / "test-kind"
+    kind_dir.mkdir()
+    stale_build = kind_dir / f".build-{dead}-{_PID_TAG}-x"
+    stale_build.mkdir()
+    (stale_build / "big.bin").write_bytes(b"x" * 1000)
+    (kind_dir / f".trash-{dead}-{_PID_TAG}-thing-1").write_bytes(b"x")
+    kept = [
+        f".build-{alive}-{_PID_TAG}-y",  # a live builder
+        f".build-{dead}-{other_tag}-z",  # another host or container: its pid means nothing here
+        ".build-abc123xy",  # from before pids were recorded: left alone
+    ]
+    for name in kept:
+        (kind_dir / name).mkdir()
+    logs: list[str] = []
+    assert ArtifactCache(tmp_path, log=logs.append).get_or_build(_spec(), CountingBuilder()).built
+    assert _leftovers(kind_dir) == sorted(kept)
+    assert sum("interrupted build" in m for m in logs) == 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pid liveness is only checked on POSIX")
+def test_temp_folder_of_another_users_process_is_kept(tmp_path, monkeypatch):
+    kind_dir = tmp_path / "test-kind"
+    kind_dir.mkdir()
+    theirs = kind_dir / f".build-{_dead_pid()}-{_PID_TAG}-x"
+    theirs.mkdir()
+
+    def kill(pid, sig):
+        raise _denied(pid)  # what os.kill says for a live process of another user
+
+    monkeypatch.setattr(os, "kill", kill)
+    _quiet(tmp_path).get_or_build(_spec(), CountingBuilder())
+    assert theirs.is_dir()
+
+
+_BUILD_FOREVER = """
+import sys, time
+from supercharge.cache import ArtifactCache, ArtifactSpec
+def build(out):
+    (out / "blob.bin").write_bytes(b"x" * 100)
+    time.sleep(600)
+ArtifactCache(sys.argv[1], log=lambda m: None).get_or_build(
+    ArtifactSpec("test-kind", "thing", {"v": 1}), build)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_build_killed_midway_is_cleaned_up_by_the_next_build(tmp_path):
+    proc = subprocess.Popen([PYTHON, "-c", _BUILD_FOREVER, str(tmp_path)])
+    kind_dir = tmp_path / "test-kind"
+    try:
+        deadline = time.monotonic() + 120
+        while not list(kind_dir.glob(".build-*/blob.bin")):
+            assert proc.poll() is None and time.monotonic() < deadline, "build never started"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert len(_leftovers(kind_dir)) == 1
+    art = _quiet(tmp_path).get_or_build(_spec(), CountingBuilder())
+    assert art.built
+    assert [p.name for p in kind_dir.iterdir()] == [art.path.name]
 
 
 _BUILD_SLOWLY = """

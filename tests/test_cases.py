@@ -71,3 +71,44 @@ def test_bad_grid_options_stop_the_run_with_a_usage_error(pytester_run):
     result = pytester_run("--backends", "ort-gpu", "--collect-only", "perf")
     assert result.returncode == 4
     assert "unknown backend 'ort-gpu'" in result.stderr
+
+
+def test_an_option_naming_nothing_is_an_error():
+    with pytest.raises(SuperchargeError, match="',,' names nothing"):
+        cases.parse_list(",,")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--backends", "ort-cpu", "--precisions", "bf16"), "select no valid case"),
+        (("--backends", "torch-cpu", "--preprocess", "baked"), "select no valid case"),
+        (("--backends", ",,"), "--backends ,,: ',,' names nothing"),
+    ],
+)
+def test_grid_options_that_select_nothing_are_a_usage_error(pytester_run, args, message):
+    """Not an INTERNALERROR from an empty parametrization: exit 4 and one line naming them."""
+    result = pytester_run(*args, "--collect-only", "perf", "accuracy")
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0] and "INTERNALERROR" not in result.stdout
+
+
+def test_a_report_dir_that_cannot_be_written_stops_the_run_before_it_starts(pytester_run, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = pytester_run("--report-dir", str(blocker / "reports"), "--collect-only", "perf")
+    assert result.returncode == 4
+    assert f"{blocker} is not a folder: pass a writable folder" in result.stderr
+
+
+def test_setup_errors_are_one_line(pytester_run):
+    """An unknown model fails each case's setup with its one line, no chained traceback."""
+    result = pytester_run(
+        "perf", "--model", "nope", "--backends", "torch-cpu", "--preprocess", "timm",
+        "--precisions", "fp32", "--batch-sizes", "1", "-k", "end_to_end",
+    )  # fmt: skip
+    assert result.returncode == 1
+    block = result.stdout.split("ERROR at setup of", 1)[1].split("short test summary")[0]
+    body = [line for line in block.splitlines()[1:] if line.strip() and not line.startswith("=")]
+    assert body == ["unknown model 'nope': see timm.list_models()"]

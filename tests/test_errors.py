@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 import torch
+from PIL import Image
 from tests.conftest import PYTHON
 
 
@@ -103,6 +104,7 @@ def test_pickled_objects_are_refused(run_cli, coffee, tmp_path):
         ("not-image", "is not an image PIL can read"),
         ("truncated", "is truncated or corrupt"),
         ("directory", "is a directory"),
+        ("bomb", "is too large to decode safely (Image size (900000000 pixels) exceeds limit"),
     ],
 )
 def test_unreadable_image(run_cli, coffee, tmp_path, case, expected):
@@ -115,6 +117,8 @@ def test_unreadable_image(run_cli, coffee, tmp_path, case, expected):
         path.write_bytes(coffee.read_bytes()[: coffee.stat().st_size // 2])
     elif case == "directory":
         path.mkdir()
+    elif case == "bomb":  # 30000 x 30000 1-bit: 109 KB on disk, 900 M pixels to decode
+        Image.new("1", (30000, 30000)).save(path)
     line = _one_line_error(*run_cli("predict", coffee, path)[::2])
     assert f"image {path} {expected}" in line
 
@@ -132,3 +136,14 @@ def test_cli_process_exits_2_with_one_line(tmp_path):
         f"supercharge: error: image {tmp_path / 'missing.jpg'} does not exist: check the path"
     ]
     assert proc.stdout == ""
+
+
+def test_a_pyproject_tool_entry_that_is_not_a_table_is_one_line(run_cli, tmp_path):
+    """`[tool] supercharge = 3` is a user's typo, not an AttributeError."""
+    bad = tmp_path / "pyproject.toml"
+    bad.write_text("[tool]\nsupercharge = 3\n")
+    run = tmp_path / "run.json"
+    run.write_text('{"benchmarks": []}')
+    code, _, err = run_cli("gate", run, "--floors", bad)
+    assert code == 2
+    assert "`supercharge` is not a table (int): make it [tool.supercharge.speedup_floors]" in err

@@ -100,6 +100,19 @@ def test_mismatching_export_fails_loudly_and_is_not_cached(tmp_path):
     assert cache.lookup(onnx_spec(bad.ref)) is None
 
 
+def test_weights_that_give_nan_are_named_not_blamed_on_the_export(tmp_path):
+    """NaN weights used to surface as 'relative error nan'; the check names the weights."""
+    good = load_bundle("test_resnet", "random")
+    with torch.no_grad():
+        next(good.model.parameters()).fill_(float("nan"))
+    nan_ref = ModelRef("test_resnet", replace(good.ref.weights, digest="nan"))
+    bad = ModelBundle(nan_ref, good.model, good.data_config, [])
+    cache = ArtifactCache(tmp_path, log=lambda m: None)
+    with pytest.raises(ExportCheckError, match=r"returns NaN or inf .*check the weights file"):
+        export_onnx(bad, cache)
+    assert cache.lookup(onnx_spec(bad.ref)) is None
+
+
 def test_opset_below_18_is_refused():
     with pytest.raises(ValueError, match="opset 17 is too old"):
         ExportOptions(opset=17)

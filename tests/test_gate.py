@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import re
 
 import numpy as np
 import pytest
@@ -235,3 +237,121 @@ def test_gate_cli_floors_default_to_the_nearest_pyproject(tmp_path, run_cli, mon
     monkeypatch.chdir(tmp_path)
     code, out, _ = run_cli("gate", path, "--floors")
     assert code == 1 and f"below-target {MODEL}-ort-cpu-baked-fp32-bs1" in out
+
+
+ORT = f"test_end_to_end[{MODEL}-ort-cpu-baked-fp32-bs1]"
+
+
+def _set(path: str, value):
+    """A change to the run's ORT entry: `path` is dotted keys under it; value DELETE removes."""
+
+    def mutate(r):
+        *parents, last = path.split(".")
+        node = r["benchmarks"][1]
+        for key in parents:
+            node = node[key]
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
+
+    return mutate
+
+
+DELETE = object()
+
+
+def _replace_entry(r):
+    r["benchmarks"][1] = "not a benchmark"
+
+
+def _top(key, value):
+    def mutate(r):
+        r[key] = value
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_replace_entry, "benchmark #1 is not a JSON object"),
+        (_set("name", DELETE), "benchmark #1 has no name"),
+        (_set("fullname", 7), f"benchmark {ORT!r} has a fullname that is not text"),
+        (_set("stats", None), f"benchmark {ORT!r} has no stats.median that is a positive"),
+        (_set("stats.median", DELETE), "has no stats.median that is a positive"),
+        (_set("stats.median", 0), "has no stats.median that is a positive"),
+        (_set("stats.median", -0.01), "has no stats.median that is a positive"),
+        (_set("stats.median", "0.01"), "has no stats.median that is a positive"),
+        (_set("stats.median", True), "has no stats.median that is a positive"),
+        (_set("stats.data", ["fast"]), "has stats.data that is not a list"),
+        (_set("stats.data", 0.01), "has stats.data that is not a list"),
+        (_set("extra_info", ["case"]), "has extra_info that is not a JSON object"),
+        (_set("extra_info.paired_speedup", "abc"), "paired_speedup that is not a positive"),
+        (_set("extra_info.paired_speedup", 0), "paired_speedup that is not a positive"),
+        (_set("extra_info.case", DELETE), "has extra_info.timed but no extra_info.case"),
+        (_set("extra_info.backend", 3), "has extra_info.backend that is not text"),
+        (_set("extra_info.model", ["m"]), "has extra_info.model that is not text"),
+        (_set("extra_info.batch_size", "1"), "has extra_info.batch_size that is not an integer"),
+        (_top("machine_info", ["x86"]), "machine_info is not a JSON object"),
+        (_top("supercharge", "pace"), "supercharge is not a JSON object"),
+    ],
+)
+def test_a_malformed_benchmark_entry_is_refused_at_load(tmp_path, mutate, message):
+    # each of these used to surface mid-comparison as a KeyError, AttributeError, TypeError,
+    # ValueError or ZeroDivisionError
+    r = run(0.040, 0.010, ort_data=[0.01] * 5)
+    mutate(r)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(r))
+    with pytest.raises(SuperchargeError, match=re.escape(message)) as err:
+        gate.load_run(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: ") and "\n" not in text
+    assert "not a pytest-benchmark JSON from this suite" in text and "rerun the suite" in text
+
+
+def test_plain_pytest_benchmark_entries_still_load(tmp_path):
+    # entries of other suites (no extra_info, or an empty one) are compared by name, not refused
+    path = tmp_path / "run.json"
+    entries = [
+        {"name": "test_a", "stats": {"median": 1, "data": [0.0, 1, 2]}},
+        {"name": "test_b", "fullname": "t.py::test_b", "stats": {"median": 0.5}, "extra_info": {}},
+    ]
+    path.write_text(json.dumps({"benchmarks": entries, "machine_info": None}))
+    loaded = gate.load_run(path)
+    verdicts = gate.compare(loaded, loaded, stat="median")
+    assert [(v.key, v.status) for v in verdicts] == [("t.py::test_b", "ok"), ("test_a", "ok")]
+
+
+@pytest.mark.parametrize("percent", [math.nan, math.inf, -math.inf, -1.0])
+def test_compare_refuses_a_max_slowdown_that_would_disarm_it(percent):
+    with pytest.raises(SuperchargeError, match="give a finite, non-negative percent"):
+        gate.compare(run(0.04, 0.01), run(0.04, 0.02), max_slowdown=percent)
+
+
+def test_runs_that_share_no_case_cannot_be_compared():
+    base, cur = run(0.040, 0.010), run(0.040, 0.010)
+    base["_path"], cur["_path"] = "base.json", "cur.json"
+    for b in cur["benchmarks"]:
+        b["extra_info"]["case"] = b["extra_info"]["case"].replace(MODEL, "resnet50")
+    verdicts = gate.compare(base, cur)
+    assert {v.status for v in verdicts} == {"missing", "new"}
+    with pytest.raises(SuperchargeError, match=re.escape("base.json and cur.json share no case")):
+        gate.check_comparable(verdicts, base, cur)
+
+
+def test_runs_without_their_pytorch_baseline_suggest_the_median_statistic():
+    base, cur = run(0.040, 0.010), run(0.040, 0.010)
+    base["_path"], cur["_path"] = "base.json", "cur.json"
+    del base["benchmarks"][0], cur["benchmarks"][0]  # only the ORT case, no torch timm fp32 row
+    verdicts = gate.compare(base, cur)
+    assert [v.status for v in verdicts] == ["no-baseline"]
+    with pytest.raises(SuperchargeError, match="neither run has PyTorch eager") as err:
+        gate.check_comparable(verdicts, base, cur)
+    assert "use --stat median" in str(err.value)
+    gate.check_comparable(gate.compare(base, cur, stat="median"), base, cur)  # median works
+    with_torch = run(0.040, 0.010)  # the current run has its baseline row: name the other
+    with_torch["_path"] = "cur.json"
+    with pytest.raises(SuperchargeError, match=re.escape("base.json has no PyTorch eager")):
+        gate.check_comparable(gate.compare(base, with_torch), base, with_torch)

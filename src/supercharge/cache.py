@@ -4,7 +4,8 @@ An artifact is a directory `<root>/<kind>/<name>-<key>/` holding its files and a
 records the inputs (hashed into the key), versions, build time and each file's size and sha256.
 Builds happen in a temporary sibling directory that is renamed into place only when complete, and
 concurrent builders of one key are serialised by a file lock, so readers never see half an
-artifact and two processes never build the same thing twice.
+artifact and two processes never build the same thing twice. Temporary entries carry their
+maker's pid, so a folder left by a killed build is deleted by the next build of that kind.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import json
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,20 @@ ENV_VAR = "SUPERCHARGE_ARTIFACT_DIR"
 MANIFEST = "manifest.json"
 _FORMAT = 1
 _HEARTBEAT_S = 15.0
+_USE_ANOTHER = f"or pass --artifact-dir or set {ENV_VAR} to use another cache"
+# `.build-<pid>-<tag>-…` and `.trash-<pid>-<tag>-…`: who made a temporary entry, and where.
+_TEMP_NAME = re.compile(r"\.(?:build|trash)-(\d+)-([0-9a-f]{8})-")
+
+
+def _pid_namespace_tag() -> str:
+    """Hash of hostname and pid namespace: a pid means nothing on another host or container."""
+    ident = socket.gethostname()
+    with suppress(OSError, AttributeError):
+        ident += os.readlink("/proc/self/ns/pid")
+    return hashlib.sha256(ident.encode()).hexdigest()[:8]
+
+
+_PID_TAG = _pid_namespace_tag()
 
 
 def default_root() -> Path:
@@ -74,12 +91,49 @@ class Artifact:
 Builder = Callable[[Path], Mapping[str, Any] | None]
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether `pid` may still be running; when unsure say yes, since its folder is then kept."""
+    if sys.platform == "win32" or pid <= 0:  # Windows os.kill(pid, 0) would send CTRL_C
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: alive under another user
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder tree, best effort: leftovers are swept by a later build."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with suppress(OSError):
+            path.unlink()
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _ensure_dir(path: Path) -> None:
+    """Create a folder below the root, turning a blocking file or bad permissions into one line."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise ArtifactError(
+            f"artifact folder {path} is not a directory: remove the file, {_USE_ANOTHER}"
+        ) from exc
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot create artifact folder {path} ({exc.strerror or exc}): "
+            f"fix the permissions of {path.parent}, {_USE_ANOTHER}"
+        ) from exc
 
 
 class ArtifactCache:
@@ -90,12 +144,12 @@ class ArtifactCache:
         self._log = log or (lambda msg: print(f"[supercharge] {msg}", file=sys.stderr, flush=True))
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            (self.root / ".locks").mkdir(exist_ok=True)
         except OSError as exc:
             raise ArtifactError(
                 f"artifact dir {self.root} cannot be created ({exc.strerror}): "
                 f"pass --artifact-dir or set {ENV_VAR} to a writable directory"
             ) from exc
+        _ensure_dir(self.root / ".locks")
         if not os.access(self.root, os.W_OK):
             raise ArtifactError(
                 f"artifact dir {self.root} is not writable: "
@@ -117,18 +171,55 @@ class ArtifactCache:
         if found is not None:
             return found
         final = self.path_for(spec)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(self.root / ".locks" / f"{spec.kind}-{spec.key}.lock")):
+        _ensure_dir(final.parent)
+        # 0o666: whoever else uses a shared cache must be able to open the lock file too.
+        lock_path = self.root / ".locks" / f"{spec.kind}-{spec.key}.lock"
+        lock = FileLock(str(lock_path), mode=0o666)
+        try:
+            lock.acquire()
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot take lock file {lock_path} ({exc.strerror or exc}): fix its permissions "
+                f"or remove it (another user may own it), {_USE_ANOTHER}"
+            ) from exc
+        try:
             found = self.lookup(spec)  # another process may have built it while we waited
             if found is not None:
                 return found
-            if final.exists():
+            self._sweep_abandoned(final.parent)
+            if os.path.lexists(final):
                 self._log(f"{spec.kind} {spec.name}: cached artifact is corrupt, rebuilding")
                 self._discard(final)
             return self._build(spec, build, final)
+        finally:
+            lock.release()
+
+    def _sweep_abandoned(self, kind_dir: Path) -> None:
+        """Delete temp entries of dead builders: a killed export leaves gigabytes behind.
+
+        Only names carrying a pid from this host and pid namespace are judged; older pid-less
+        names and those from other hosts or containers are left alone, as their owner's
+        liveness cannot be checked from here. A live process's entry is never touched.
+        """
+        try:
+            entries = list(kind_dir.iterdir())
+        except OSError:
+            return
+        for entry in entries:
+            m = _TEMP_NAME.match(entry.name)
+            if m and m.group(2) == _PID_TAG and not _pid_alive(int(m.group(1))):
+                self._log(f"removing {entry}, left by an interrupted build (pid {m.group(1)})")
+                _remove(entry)
 
     def _build(self, spec: ArtifactSpec, build: Builder, final: Path) -> Artifact:
-        tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
+        try:
+            prefix = f".build-{os.getpid()}-{_PID_TAG}-"
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot create a build folder in {final.parent} ({exc.strerror or exc}): "
+                f"fix its permissions, {_USE_ANOTHER}"
+            ) from exc
         self._log(f"building {spec.kind} for {spec.name} -> {final}")
         start = time.perf_counter()
         done = threading.Event()
@@ -156,9 +247,15 @@ class ArtifactCache:
                 **extra,
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
-            os.replace(tmp, final)
+            try:
+                os.replace(tmp, final)
+            except OSError as exc:
+                raise ArtifactError(
+                    f"cannot move the built artifact into {final} ({exc.strerror or exc}): "
+                    f"fix the permissions of {final.parent} or remove {final}, {_USE_ANOTHER}"
+                ) from exc
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove(tmp)
             raise
         finally:
             done.set()
@@ -174,9 +271,17 @@ class ArtifactCache:
     @staticmethod
     def _discard(path: Path) -> None:
         """Move aside first (atomic), then delete, so no reader sees a half-deleted artifact."""
-        trash = path.with_name(f".trash-{path.name}-{os.getpid()}-{time.time_ns()}")
-        os.replace(path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        trash = path.with_name(f".trash-{os.getpid()}-{_PID_TAG}-{path.name}-{time.time_ns()}")
+        try:
+            os.replace(path, trash)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot remove the corrupt artifact {path} ({exc.strerror or exc}): fix the "
+                f"permissions of {path.parent} or remove {path} by hand, {_USE_ANOTHER}"
+            ) from exc
+        _remove(trash)
 
     @staticmethod
     def _verified_manifest(path: Path, spec: ArtifactSpec) -> dict[str, Any] | None:

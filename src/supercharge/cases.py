@@ -111,7 +111,12 @@ def parse_list(text: str | None) -> list[str] | None:
     """A comma-separated option value; empty or 'all' means no filter."""
     if text is None or text.strip().lower() in ("", "all"):
         return None
-    return [item.strip() for item in text.split(",") if item.strip()]
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise SuperchargeError(
+            f"{text!r} names nothing: give comma-separated names, or leave the option out for all"
+        )
+    return items
 
 
 def parse_batch_sizes(text: str | None) -> tuple[int, ...]:

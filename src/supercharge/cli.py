@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from supercharge.errors import SuperchargeError
 from supercharge.floors import SpeedupFloor, load_floors
 from supercharge.models import DEFAULT_MODEL
+
+
+class UsageError(SuperchargeError):
+    """A command line argparse refused; `prog` is the (sub)command whose --help explains it."""
+
+    def __init__(self, message: str, prog: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises UsageError instead of printing a usage block, so a usage mistake reads like any
+    other bad input: one line, exit 2 (argparse hands this class on to the subparsers)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, self.prog)
 
 
 def _common() -> argparse.ArgumentParser:
@@ -36,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     from supercharge.pipeline import PREPROCESS
     from supercharge.runners import BACKENDS
 
-    parser = argparse.ArgumentParser(prog="supercharge", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="supercharge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     pr = sub.add_parser("predict", parents=[_common()], help="top-k classes for images")
     pr.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
@@ -153,9 +171,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def parse_image_size(text: str) -> tuple[int, int]:
     """ "480x640" -> (480, 640): height x width, as the separable graph is built for."""
     h, sep, w = text.lower().partition("x")
-    if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+    size = None
+    # ASCII digits only: str.isdigit() also passes "²", which int() refuses (as it does strings
+    # over 4300 digits)
+    if sep and all(part.isascii() and part.isdecimal() for part in (h, w)):
+        try:
+            size = int(h), int(w)
+        except ValueError:
+            size = None
+    if size is None or min(size) <= 0:
         raise SuperchargeError(f"--image-size {text!r}: give HEIGHTxWIDTH in pixels, e.g. 480x640")
-    return int(h), int(w)
+    return size
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -217,6 +243,10 @@ def _file_floors(path: str) -> list[SpeedupFloor]:
 def cmd_gate(args: argparse.Namespace) -> int:
     from supercharge import gate
 
+    if not (math.isfinite(args.max_slowdown) and args.max_slowdown >= 0):  # nan disarms the gate
+        raise SuperchargeError(
+            f"--max-slowdown {args.max_slowdown:g}: give a finite, non-negative percent, e.g. 10"
+        )
     targets = [SpeedupFloor.parse(text) for text in args.min_speedup]
     from_file = [] if args.floors is None else _file_floors(args.floors)
     if len(args.runs) > 2 or (len(args.runs) == 1 and not (targets or from_file)):
@@ -234,16 +264,12 @@ def cmd_gate(args: argparse.Namespace) -> int:
     if len(args.runs) == 2:
         baseline = gate.load_run(args.runs[0])
         verdicts = gate.compare(baseline, current, args.max_slowdown / 100.0, args.stat)
+        gate.check_comparable(verdicts, baseline, current)  # before anything is printed
         print(f"baseline {baseline['_path']}")
         print(f"current  {current['_path']}")
         for line in gate.machine_differences(baseline, current):
             print(f"machine differs: {line}")
         compared = sum(v.status in ("ok", "regressed") for v in verdicts)
-        if compared == 0 and not any(v.status in failing for v in verdicts):
-            raise SuperchargeError(
-                f"{args.runs[0]} and {args.runs[1]} share no comparable case: "
-                "compare runs of the same grid"
-            )
     else:
         print(f"current  {current['_path']}")
     floors = gate.floor_verdicts(current, targets) + gate.floor_verdicts(
@@ -273,7 +299,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from supercharge.gpu import forbid_tf32
 
     forbid_tf32()  # before any CUDA library loads: --precision fp32 is strict fp32 everywhere
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        prog = exc.prog
+        if prog == parser.prog:  # e.g. an unrecognized option after the command: its --help
+            command = next((a for a in argv if not a.startswith("-")), None)
+            prog = f"{prog} {command}" if command in COMMANDS else prog
+        print(f"supercharge: error: {exc}; see {prog} --help", file=sys.stderr)
+        return 2
     try:
         return COMMANDS[args.command](args)
     except SuperchargeError as exc:

@@ -45,8 +45,17 @@ def read_toml(path: Path, what: str) -> dict[str, Any] | None:
 
 
 def tool_table(data: dict[str, Any], name: str) -> Any:
-    """[tool.supercharge.<name>] of a parsed pyproject.toml, or None."""
-    return data.get("tool", {}).get("supercharge", {}).get(name)
+    """[tool.supercharge.<name>] of a parsed pyproject.toml, or None. A `tool` or
+    `tool.supercharge` that is not a table is an error, not an AttributeError."""
+    node: Any = data
+    for key in ("tool", "supercharge"):
+        node = node.get(key, {})
+        if not isinstance(node, dict):
+            raise SuperchargeError(
+                f"pyproject.toml: `{key}` is not a table ({type(node).__name__}): "
+                f"make it [tool.supercharge.{name}]"
+            )
+    return node.get(name)
 
 
 def load_table(pyproject: Path | str | None, name: str, what: str) -> tuple[Any, Path | None]:

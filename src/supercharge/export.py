@@ -81,7 +81,7 @@ def export_onnx(
             raise ExportCheckError(
                 f"ONNX export of {bundle.name} does not match PyTorch: relative error {error:.2e} "
                 f"> {options.check_tolerance:.0e} on a batch of {options.check_batch}; "
-                "report it with the model name and versions, or try another --opset"
+                "report it with the model name and versions"
             )
         return {
             "check": {"relative_error": error, "batch": options.check_batch},
@@ -127,7 +127,13 @@ def check_against_torch(bundle: ModelBundle, path: Path, batch: int, seed: int =
     got = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
     if got.shape != ref.shape:
         raise ExportCheckError(
-            f"ONNX export of {bundle.name} returns shape {got.shape}, PyTorch {ref.shape}"
+            f"ONNX export of {bundle.name} returns shape {got.shape}, PyTorch {ref.shape}: "
+            "report it with the model name and versions"
+        )
+    if not np.isfinite(ref).all():
+        raise ExportCheckError(
+            f"{bundle.name} itself returns NaN or inf on a random batch (weights "
+            f"{bundle.weights_source}): check the weights file"
         )
     scale = float(np.abs(ref).max()) or 1.0
     return float(np.abs(got - ref).max() / scale)

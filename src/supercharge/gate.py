@@ -14,6 +14,7 @@ Speedup floors (floors.py, `--min-speedup`) judge the current run on its own.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,8 +73,75 @@ def load_run(path: Path) -> dict[str, Any]:
             f"{path} is not a pytest-benchmark run (no 'benchmarks' list): "
             "give a file written by --benchmark-json or --benchmark-autosave"
         )
+    _check_run(path, data)
     data["_path"] = str(path)
     return data
+
+
+_RERUN = (
+    "it is not a pytest-benchmark JSON from this suite: rerun the suite with --benchmark-json "
+    "or --benchmark-autosave to produce it"
+)
+_TEXT_INFO = ("case", "timed", "backend", "model", "preprocess", "precision", "device")
+
+
+def _finite(value: Any) -> bool:
+    """A finite JSON number (not a bool, which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value: Any) -> bool:
+    """A time or ratio the gate divides by."""
+    return _finite(value) and value > 0
+
+
+def _entry_problem(bench: Any) -> str | None:
+    """What makes one benchmark entry unusable by the gate, or None: checked once at load so
+    comparing never meets a KeyError, a string median or a zero to divide by."""
+    if not isinstance(bench, dict):
+        return "is not a JSON object"
+    if not isinstance(bench.get("name"), str) or not bench["name"]:
+        return "has no name"
+    if bench.get("fullname") is not None and not isinstance(bench["fullname"], str):
+        return "has a fullname that is not text"
+    stats = bench.get("stats")
+    if not isinstance(stats, dict) or not _positive(stats.get("median")):
+        return "has no stats.median that is a positive, finite number of seconds"
+    data = stats.get("data")
+    rounds_ok = isinstance(data, list) and all(_finite(t) and t >= 0 for t in data)
+    if data is not None and not rounds_ok:
+        return "has stats.data that is not a list of non-negative, finite seconds"
+    info = bench.get("extra_info")
+    if info is None:
+        return None
+    if not isinstance(info, dict):
+        return "has extra_info that is not a JSON object"
+    for field in _TEXT_INFO:
+        if info.get(field) is not None and not isinstance(info[field], str):
+            return f"has extra_info.{field} that is not text"
+    size = info.get("batch_size")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool)):
+        return "has extra_info.batch_size that is not an integer"
+    if info.get("timed") is not None and info.get("case") is None:
+        return "has extra_info.timed but no extra_info.case"
+    if info.get("paired_speedup") is not None and not _positive(info["paired_speedup"]):
+        return "has extra_info.paired_speedup that is not a positive, finite number"
+    return None
+
+
+def _check_run(path: Path, data: dict[str, Any]) -> None:
+    """Refuse a run the gate cannot judge, naming the file and the entry (by name, else by
+    position), instead of a traceback halfway through a comparison."""
+    for field in ("machine_info", "supercharge"):
+        if data.get(field) is not None and not isinstance(data[field], dict):
+            raise SuperchargeError(f"{path}: {field} is not a JSON object; {_RERUN}")
+    for index, bench in enumerate(data["benchmarks"]):
+        problem = _entry_problem(bench)
+        if problem is None:
+            continue
+        name = bench.get("name") if isinstance(bench, dict) else None
+        label = f"benchmark {name!r}" if isinstance(name, str) and name else f"benchmark #{index}"
+        raise SuperchargeError(f"{path}: {label} {problem}; {_RERUN}")
 
 
 def _key(bench: dict[str, Any]) -> str:
@@ -128,8 +196,10 @@ def compare(
     """One verdict per case of either run; `max_slowdown` is a fraction (0.10 = 10%)."""
     if stat not in ("speedup", "median"):
         raise SuperchargeError(f"--stat {stat!r}: choose speedup or median")
-    if max_slowdown < 0:
-        raise SuperchargeError(f"--max-slowdown {max_slowdown:.0%}: give a non-negative percent")
+    if not (math.isfinite(max_slowdown) and max_slowdown >= 0):  # nan would pass every case
+        raise SuperchargeError(
+            f"--max-slowdown {max_slowdown * 100:g}: give a finite, non-negative percent, e.g. 10"
+        )
     base_b = {_key(b): b for b in baseline["benchmarks"]}
     cur_b = {_key(b): b for b in current["benchmarks"]}
     base_s, cur_s = _speedups(baseline), _speedups(current)
@@ -166,6 +236,33 @@ def compare(
                     bad, note = False, f"median s; not significant at p<{alpha}"
             verdicts.append(Verdict(key, b, c, change, "regressed" if bad else "ok", note))
     return verdicts
+
+
+def check_comparable(
+    verdicts: list[Verdict], baseline: dict[str, Any], current: dict[str, Any]
+) -> None:
+    """Raise when `compare` judged no case: comparing nothing is a mix-up of inputs (exit 2),
+    neither a pass nor a regression of the code (exit 1), whatever --allow-missing says."""
+    if any(v.status in ("ok", "regressed") for v in verdicts):
+        return
+    base, cur = baseline.get("_path", "the baseline"), current.get("_path", "the current run")
+    if not any(v.status == "no-baseline" for v in verdicts):
+        raise SuperchargeError(
+            f"{base} and {cur} share no case: compare two runs of the same grid (same models, "
+            "backends, preprocessing, precisions and batch sizes)"
+        )
+    lacking = [r.get("_path", "a run") for r in (baseline, current) if not _speedups(r)]
+    if len(lacking) == 2:
+        who = "neither run has"
+    elif lacking:
+        who = f"{lacking[0]} has no"
+    else:
+        who = "the runs do not both have"
+    raise SuperchargeError(
+        f"{base} and {cur} share cases but no speedup to compare: {who} PyTorch eager fp32+timm "
+        "baseline rows for them; use --stat median to compare absolute medians, or rerun with "
+        "the torch timm fp32 baseline cases"
+    )
 
 
 def machine_differences(baseline: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -23,9 +24,16 @@ def load_image(path: str | Path) -> Image.Image:
     if p.stat().st_size == 0:
         raise ImageReadError(f"image {p} is empty (0 bytes): give a PNG/JPEG/... image file")
     try:
-        with Image.open(p) as im:
-            im.load()
-            return im.convert("RGB")
+        with warnings.catch_warnings():  # PIL's EXIF/size warnings: the error below says enough
+            warnings.simplefilter("ignore")
+            with Image.open(p) as im:
+                im.load()
+                return im.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"image {p} is too large to decode safely ({str(exc).split(', could')[0]}): "
+            "downscale it first"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ImageReadError(
             f"image {p} is not an image PIL can read: give a PNG/JPEG file"

@@ -11,9 +11,10 @@ Timings and agreement rows collected during the session become the report (super
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -88,6 +89,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_FLOORS] = load_floors(pyproject) if pyproject else []
     except SuperchargeError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if config.getoption("--report-dir"):  # the default (<rootdir>/reports) is checked at the end
+        try:
+            check_report_dir(_report_dir(config))
+        except SuperchargeError as exc:
+            raise pytest.UsageError(str(exc)) from None
     if config.getoption("--malloc") == "hold":
         from supercharge.malloc import hold_freed_memory
 
@@ -134,12 +140,26 @@ def _grid_selection(config: pytest.Config) -> tuple[list[Any], tuple[int, ...]]:
     """The combos and batch sizes the grid options select (raises SuperchargeError)."""
     from supercharge import cases
 
-    combos = cases.combos(
-        backends=cases.parse_list(config.getoption("--backends")),
-        preprocess=cases.parse_list(config.getoption("--preprocess")),
-        precisions=cases.parse_list(config.getoption("--precisions")),
-    )
+    options = {name: config.getoption(name) for name in GRID_OPTIONS}
+    try:
+        combos = cases.combos(
+            backends=cases.parse_list(options["--backends"]),
+            preprocess=cases.parse_list(options["--preprocess"]),
+            precisions=cases.parse_list(options["--precisions"]),
+        )
+    except SuperchargeError as exc:  # say which option
+        chosen = " ".join(f"{k} {v}" for k, v in options.items() if v is not None)
+        raise SuperchargeError(f"{chosen}: {exc}") from None
+    if not combos:
+        chosen = " ".join(f"{k} {v}" for k, v in options.items() if v is not None)
+        raise SuperchargeError(
+            f"{chosen} select no valid case (e.g. baked preprocessing needs an ONNX Runtime "
+            "backend, bf16 a torch one): widen one of them"
+        )
     return combos, cases.parse_batch_sizes(config.getoption("--batch-sizes"))
+
+
+GRID_OPTIONS = ("--backends", "--preprocess", "--precisions")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -206,8 +226,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     pytest.skip(reason)
 
 
-def _user_error(exc: SuperchargeError) -> None:
-    pytest.fail(str(exc), pytrace=False)
+def _user_error(exc: SuperchargeError) -> NoReturn:
+    """Fail the test with the error's one line (no traceback, no chained exception)."""
+    raise pytest.fail.Exception(str(exc), pytrace=False) from None
 
 
 @pytest.fixture(scope="session")
@@ -246,9 +267,11 @@ def onnx_model(model_bundle, artifact_cache):
 def fixture_image_paths(pytestconfig: pytest.Config) -> list[Path]:
     """The photos in fixtures/images (sources and licenses in fixtures/README.md)."""
     folder = pytestconfig.rootpath / "fixtures" / "images"
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    paths = []
+    if folder.is_dir():
+        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     if not paths:
-        pytest.fail(f"no fixture images in {folder}", pytrace=False)
+        pytest.fail(f"no fixture images in {folder}: run from the repository root", pytrace=False)
     return paths
 
 
@@ -257,7 +280,10 @@ def fixture_images(fixture_image_paths):
     """Decoded RGB PIL images of the fixture photos."""
     from supercharge.images import load_image
 
-    return {p.name: load_image(p) for p in fixture_image_paths}
+    try:
+        return {p.name: load_image(p) for p in fixture_image_paths}
+    except SuperchargeError as exc:  # a broken fixture photo: one line naming it
+        _user_error(exc)
 
 
 @pytest.fixture(scope="session")
@@ -364,6 +390,19 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info.update(suite_machine_info())
 
 
+def check_report_dir(folder: Path) -> None:
+    """Refuse, before any test runs, a report folder that cannot be created or written: a
+    report that fails at the end would lose a whole run's summary. Creates nothing."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        what = "is not a folder" if not probe.is_dir() else "is not writable"
+        raise SuperchargeError(
+            f"--report-dir {folder}: {probe} {what}: pass a writable folder to --report-dir"
+        )
+
+
 def _report_dir(config: pytest.Config) -> Path:
     chosen = config.getoption("--report-dir")
     return Path(chosen) if chosen else config.rootpath / "reports"
@@ -376,7 +415,16 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     from supercharge.report import write_report
 
     _finish_pace(config)
-    written, text = write_report(results, _report_dir(config), config.stash.get(_FLOORS, []))
+    folder = _report_dir(config)
+    try:
+        written, text = write_report(results, folder, config.stash.get(_FLOORS, []))
+    except OSError as exc:  # checked at start; the disk can still fill or the folder vanish
+        terminalreporter.write_line(
+            f"supercharge: report NOT written to {folder} ({exc.strerror or exc}): the timings "
+            "are in the benchmark JSON if --benchmark-json or --benchmark-save was given",
+            red=True,
+        )
+        return
     terminalreporter.section("supercharge report")
     terminalreporter.write_line(text)
     for path in written:

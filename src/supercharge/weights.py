@@ -23,7 +23,20 @@ from supercharge.errors import WeightsMismatchError, WeightsUnavailableError
 from supercharge.registry import PACKAGED_WEIGHTS, PackagedWeights
 
 DEFAULT_SEED = 0
+MAX_SEED = 2**64 - 1  # torch.manual_seed overflows above it
 _HF_FILENAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors")
+
+
+def _seed(digits: str) -> int | None:
+    """ASCII digits within torch.manual_seed's range, else None: str.isdigit() passes "²",
+    which int() refuses, and int() refuses strings over 4300 digits."""
+    if not (digits.isascii() and digits.isdecimal()):
+        return None
+    try:
+        seed = int(digits)
+    except ValueError:
+        return None
+    return seed if seed <= MAX_SEED else None
 
 
 @dataclass(frozen=True)
@@ -39,12 +52,14 @@ class WeightsSpec:
         if text == "pretrained":
             return cls("pretrained")
         if text == "random" or text.startswith("random:"):
-            _, _, seed = text.partition(":")
-            if seed and not seed.isdigit():
+            _, _, digits = text.partition(":")
+            seed = _seed(digits) if digits else DEFAULT_SEED
+            if seed is None:
                 raise WeightsUnavailableError(
-                    f"--weights {text}: the seed must be a non-negative integer, e.g. random:0"
+                    f"--weights {text!r}: the seed must be an integer from 0 to {MAX_SEED}, "
+                    "e.g. random:0"
                 )
-            return cls("random", seed=int(seed or DEFAULT_SEED))
+            return cls("random", seed=seed)
         return cls("file", path=Path(text).expanduser())
 
     def __str__(self) -> str:

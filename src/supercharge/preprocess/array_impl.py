@@ -151,7 +151,8 @@ class ArrayPreprocess:
         xp = self.xp
         key = (n_in, n_out, window.start, window.stop)
         if key not in self._weights:
-            wm = pil_resample.weights(n_in, n_out, self.spec.interpolation)[window]  # [out, in]
+            kept = range(n_out)[window]  # only the outputs the crop keeps: [out, in]
+            wm = pil_resample.weights(n_in, n_out, self.spec.interpolation, (kept.start, kept.stop))
             self._weights[key] = [(c, xp.asarray(b)) for _, c, b in banded_blocks(wm)]
         parts = []
         for cols, wb in self._weights[key]:

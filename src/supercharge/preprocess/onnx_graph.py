@@ -626,7 +626,7 @@ class _FixedPass:
         if in_size == n_out:  # Pillow skips the pass: only the crop is left
             self.weights, self.bands, self.lines = None, [], (begin, end)
             return
-        w = pil_resample.weights(in_size, n_out, spec.interpolation)[begin:end]
+        w = pil_resample.weights(in_size, n_out, spec.interpolation, (begin, end))
         self.weights = w / pil_resample.ONE
         self.bands = _bands(self.weights)
         self.lines = (min(b[2] for b in self.bands), max(b[3] for b in self.bands))

@@ -62,20 +62,27 @@ FILTERS: dict[str, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
 
 
 @lru_cache(maxsize=256)
-def weights(in_size: int, out_size: int, interpolation: str) -> np.ndarray:
-    """Dense [out_size, in_size] float64 matrix of Pillow's quantised integer weights.
+def weights(
+    in_size: int, out_size: int, interpolation: str, rows: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Dense [out_size, in_size] float64 matrix of Pillow's quantised integer weights, or only
+    its `rows` = (start, stop) (the outputs a crop keeps: a 1x5000 strip resized to a 256 short
+    side has 1.28 M outputs on its long side, 51 GB as a full matrix, 224 rows kept).
 
     Row i holds the coefficients Pillow uses for output pixel i; applying it and then
     `finish_pass` gives exactly Pillow's uint8 result for that pass.
     """
+    start, stop = rows if rows is not None else (0, out_size)
+    if not 0 <= start <= stop <= out_size:
+        raise ValueError(f"rows {rows} are not within 0..{out_size}")
     if interpolation == "nearest":
-        return _nearest_matrix(in_size, out_size) * ONE
+        return _nearest_matrix(in_size, out_size, start, stop) * ONE
     filt, support = FILTERS[interpolation]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = support * filterscale
-    out = np.zeros((out_size, in_size), dtype=np.float64)
-    for i in range(out_size):
+    out = np.zeros((stop - start, in_size), dtype=np.float64)
+    for i in range(start, stop):
         center = (i + 0.5) * scale
         xmin = max(int(center - support + 0.5), 0)
         xmax = min(int(center + support + 0.5), in_size)
@@ -85,18 +92,18 @@ def weights(in_size: int, out_size: int, interpolation: str) -> np.ndarray:
         if total != 0.0:
             w = w / total
         # normalize_coeffs_8bpc: round half away from zero to 22 fractional bits
-        out[i, xmin:xmax] = np.trunc(w * ONE + np.where(w < 0, -0.5, 0.5))
+        out[i - start, xmin:xmax] = np.trunc(w * ONE + np.where(w < 0, -0.5, 0.5))
     out.setflags(write=False)
     return out
 
 
-def _nearest_matrix(in_size: int, out_size: int) -> np.ndarray:
+def _nearest_matrix(in_size: int, out_size: int, start: int, stop: int) -> np.ndarray:
     # Pillow's NEAREST (Geometry.c, affine with half-pixel centres): src = floor((i + 0.5) * scale)
     src = np.minimum(
-        ((np.arange(out_size) + 0.5) * (in_size / out_size)).astype(np.int64), in_size - 1
+        ((np.arange(start, stop) + 0.5) * (in_size / out_size)).astype(np.int64), in_size - 1
     )
-    m = np.zeros((out_size, in_size), dtype=np.float64)
-    m[np.arange(out_size), src] = 1.0
+    m = np.zeros((stop - start, in_size), dtype=np.float64)
+    m[np.arange(stop - start), src] = 1.0
     return m
 
 
