@@ -195,3 +195,27 @@ def test_a_non_ascii_image_size_is_a_one_line_error(run_cli, tmp_path):
     code, out, err = run_cli(*args, "--artifact-dir", tmp_path / "a", "--image-size", "²x3")
     line = _one_line_error(code, out, err)
     assert "--image-size '²x3': give HEIGHTxWIDTH" in line and out == ""
+
+
+def test_an_empty_artifact_dir_is_refused_not_the_current_folder(run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(
+        "export", "--artifact-dir", "", "--model", "test_resnet", "--weights", "random"
+    )
+    assert code == 2 and out == "" and list(tmp_path.iterdir()) == []
+    assert err.strip() == (
+        "supercharge: error: argument --artifact-dir: '' is empty: pass a folder, or leave the "
+        "option out for SUPERCHARGE_ARTIFACT_DIR or the per-user cache; see supercharge export "
+        "--help"
+    )
+
+
+def test_ctrl_c_is_one_line_and_exit_130(run_cli, monkeypatch):
+    import supercharge.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(supercharge.cli.COMMANDS, "export", interrupted)
+    code, _, err = run_cli("export")
+    assert code == 130 and err.strip() == "supercharge: export interrupted"

@@ -43,7 +43,7 @@ def _common() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--artifact-dir",
-        type=Path,
+        type=_artifact_dir,
         default=None,
         help="artifact cache (default: $SUPERCHARGE_ARTIFACT_DIR or the per-user cache dir)",
     )
@@ -143,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-missing", action="store_true", help="do not fail on cases CURRENT did not run"
     )
     return parser
+
+
+def _artifact_dir(text: str) -> Path:
+    """--artifact-dir: a folder; '' would silently be the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "'' is empty: pass a folder, or leave the option out for "
+            "SUPERCHARGE_ARTIFACT_DIR or the per-user cache"
+        )
+    return Path(text)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -315,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SuperchargeError as exc:
         print(f"supercharge: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the cache removes its partial build; no traceback to read
+        print(f"supercharge: {args.command} interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
