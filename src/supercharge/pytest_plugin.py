@@ -141,6 +141,7 @@ def _grid_selection(config: pytest.Config) -> tuple[list[Any], tuple[int, ...]]:
     from supercharge import cases
 
     options = {name: config.getoption(name) for name in GRID_OPTIONS}
+    chosen = " ".join(f"{k} {v}" for k, v in options.items() if v is not None)
     try:
         combos = cases.combos(
             backends=cases.parse_list(options["--backends"]),
@@ -148,10 +149,8 @@ def _grid_selection(config: pytest.Config) -> tuple[list[Any], tuple[int, ...]]:
             precisions=cases.parse_list(options["--precisions"]),
         )
     except SuperchargeError as exc:  # say which option
-        chosen = " ".join(f"{k} {v}" for k, v in options.items() if v is not None)
         raise SuperchargeError(f"{chosen}: {exc}") from None
     if not combos:
-        chosen = " ".join(f"{k} {v}" for k, v in options.items() if v is not None)
         raise SuperchargeError(
             f"{chosen} select no valid case (e.g. baked preprocessing needs an ONNX Runtime "
             "backend, bf16 a torch one): widen one of them"

@@ -91,6 +91,24 @@ class TrtProfile:
         }
 
 
+def _gpu_keyed_dir(
+    root: Path, gpu: Mapping[str, Any], versions: Mapping[str, Any], label: str, **inputs: Any
+) -> Path:
+    """`<root>/ort-trt/<label with the GPU and sm>-<key>`, the key a hash of the GPU, the
+    versions and `inputs`: a folder that another GPU, TensorRT or ORT never shares."""
+    keyed = {
+        "gpu": gpu.get("gpu_name"),
+        "compute_capability": gpu.get("compute_capability"),
+        "versions": dict(versions),
+        **inputs,
+    }
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+    name = str(gpu.get("gpu_name") or "gpu")
+    cc = str(gpu.get("compute_capability") or "").replace(".", "")
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", label.format(gpu=f"{name}-sm{cc}"))
+    return Path(root) / CACHE_KIND / f"{slug}-{key}"
+
+
 def engine_cache_dir(
     root: Path,
     model_path: Path,
@@ -107,21 +125,17 @@ def engine_cache_dir(
     """
     from supercharge.gpu import tf32_override
 
-    inputs = {
-        "model": f"{model_path.parent.name}/{model_path.name}",
-        "tf32_override": tf32_override() if precision == "fp32" else None,
-        "gpu": gpu.get("gpu_name"),
-        "compute_capability": gpu.get("compute_capability"),
-        "versions": dict(versions),
-        "precision": precision,
-        "profile": profile.options(),
-        "builder_optimization_level": builder_optimization_level,
-    }
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-    name = str(gpu.get("gpu_name") or "gpu")
-    cc = str(gpu.get("compute_capability") or "").replace(".", "")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-sm{cc}-{precision}")
-    return Path(root) / CACHE_KIND / f"{slug}-{key}"
+    return _gpu_keyed_dir(
+        root,
+        gpu,
+        versions,
+        f"{{gpu}}-{precision}",
+        model=f"{model_path.parent.name}/{model_path.name}",
+        tf32_override=tf32_override() if precision == "fp32" else None,
+        precision=precision,
+        profile=profile.options(),
+        builder_optimization_level=builder_optimization_level,
+    )
 
 
 def timing_cache_dir(root: Path, gpu: Mapping[str, Any], versions: Mapping[str, Any]) -> Path:
@@ -130,16 +144,7 @@ def timing_cache_dir(root: Path, gpu: Mapping[str, Any], versions: Mapping[str, 
     Timings are only valid for the GPU and TensorRT that measured them, so those key it; the
     model, precision and profile do not (entries are per layer configuration).
     """
-    inputs = {
-        "gpu": gpu.get("gpu_name"),
-        "compute_capability": gpu.get("compute_capability"),
-        "versions": dict(versions),
-    }
-    key = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-    name = str(gpu.get("gpu_name") or "gpu")
-    cc = str(gpu.get("compute_capability") or "").replace(".", "")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"timing-{name}-sm{cc}")
-    return Path(root) / CACHE_KIND / f"{slug}-{key}"
+    return _gpu_keyed_dir(root, gpu, versions, "timing-{gpu}")
 
 
 def trt_provider_options(
