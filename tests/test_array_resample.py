@@ -26,6 +26,22 @@ def test_banded_blocks_give_the_dense_product_exactly(n_in, n_out, interpolation
         assert sum(b.size for _, _, b in blocks) < wm.size / 4
 
 
+def _bicubic_center_spec(size: int):
+    """A timm-style eval spec (bicubic, center crop 0.875) for a size x size model input."""
+    from supercharge.preprocess.spec import PreprocessSpec
+
+    return PreprocessSpec.from_data_config(
+        {
+            "input_size": (3, size, size),
+            "interpolation": "bicubic",
+            "crop_pct": 0.875,
+            "crop_mode": "center",
+            "mean": (0.5, 0.5, 0.5),
+            "std": (0.5, 0.5, 0.5),
+        }
+    )
+
+
 def _blas_threads() -> list[int]:
     from threadpoolctl import threadpool_info
 
@@ -36,18 +52,8 @@ def test_numpy_preprocessing_runs_blas_on_one_thread_and_restores_it(monkeypatch
     from threadpoolctl import threadpool_limits
 
     from supercharge.preprocess.array_impl import ArrayPreprocess
-    from supercharge.preprocess.spec import PreprocessSpec
 
-    spec = PreprocessSpec.from_data_config(
-        {
-            "input_size": (3, 32, 32),
-            "interpolation": "bicubic",
-            "crop_pct": 0.875,
-            "crop_mode": "center",
-            "mean": (0.5, 0.5, 0.5),
-            "std": (0.5, 0.5, 0.5),
-        }
-    )
+    spec = _bicubic_center_spec(32)
     pre = ArrayPreprocess(spec)
     seen: list[list[int]] = []
     one = pre.one
@@ -77,18 +83,8 @@ def test_a_thin_strip_is_resized_without_the_full_weight_matrix():
     import tracemalloc
 
     from supercharge.preprocess.array_impl import ArrayPreprocess
-    from supercharge.preprocess.spec import PreprocessSpec
 
-    spec = PreprocessSpec.from_data_config(
-        {
-            "input_size": (3, 224, 224),
-            "interpolation": "bicubic",
-            "crop_pct": 0.875,
-            "crop_mode": "center",
-            "mean": (0.5, 0.5, 0.5),
-            "std": (0.5, 0.5, 0.5),
-        }
-    )
+    spec = _bicubic_center_spec(224)
     strip = np.random.default_rng(1).integers(0, 256, (1, 5000, 3), dtype=np.uint8)
     tracemalloc.start()
     try:
