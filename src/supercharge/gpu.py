@@ -28,7 +28,9 @@ def forbid_tf32() -> str:
     TensorRT builds fp32 engines with TF32 kernels unless told otherwise, and ONNX Runtime's
     TensorRT EP has no option for it; NVIDIA's libraries all honour NVIDIA_TF32_OVERRIDE=0.
     torch and the CUDA EP turn TF32 off themselves for fp32, and fp16/bf16 do not use it, so
-    nothing else changes. Call before any CUDA library loads (pytest start, CLI start); a value
+    nothing else changes. The sure place is the environment before Python starts (tox's gpu env
+    and scripts/gpu_grid.sh set it); this call, at pytest and CLI start, covers other launches:
+    it precedes the first cuBLAS handle and TensorRT builder, though not `import torch`. A value
     already in the environment is kept. Returns the value in force.
     """
     return os.environ.setdefault(TF32_ENV, "0")
