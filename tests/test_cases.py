@@ -102,13 +102,24 @@ def test_a_report_dir_that_cannot_be_written_stops_the_run_before_it_starts(pyte
     assert f"{blocker} is not a folder: pass a writable folder" in result.stderr
 
 
-def test_setup_errors_are_one_line(pytester_run):
-    """An unknown model fails each case's setup with its one line, no chained traceback."""
+def test_an_unknown_model_is_one_usage_error_not_one_per_case(pytester_run):
     result = pytester_run(
         "perf", "--model", "nope", "--backends", "torch-cpu", "--preprocess", "timm",
-        "--precisions", "fp32", "--batch-sizes", "1", "-k", "end_to_end",
+        "--precisions", "fp32", "--batch-sizes", "1",
+    )  # fmt: skip
+    assert result.returncode == 4
+    assert result.stderr.strip() == "ERROR: unknown model 'nope': see timm.list_models()"
+
+
+def test_setup_errors_are_one_line(pytester_run, tmp_path):
+    """A fixture's error fails each case's setup with its one line, no chained traceback."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = pytester_run(
+        "perf", "--artifact-dir", str(blocker), "--weights", "random", "--backends", "ort-cpu",
+        "--preprocess", "timm", "--precisions", "fp32", "--batch-sizes", "1", "-k", "end_to_end",
     )  # fmt: skip
     assert result.returncode == 1
     block = result.stdout.split("ERROR at setup of", 1)[1].split("short test summary")[0]
     body = [line for line in block.splitlines()[1:] if line.strip() and not line.startswith("=")]
-    assert body == ["unknown model 'nope': see timm.list_models()"]
+    assert len(body) == 1 and body[0].startswith(f"artifact dir {blocker} cannot be created")

@@ -193,6 +193,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run each pipeline's grid cases back to back (end to end, then the model alone), so the
     one-pipeline cache in `pipeline_for` builds each pipeline once."""
+    if any({"grid_case", "grid_combo"} & set(_params(item)) for item in items):
+        _check_model(config)
     slots = [i for i, item in enumerate(items) if "grid_case" in _params(item)]
     if not slots:
         return
@@ -206,6 +208,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     reordered = [items[i] for i in sorted(slots, key=key)]
     for slot, item in zip(slots, reordered, strict=True):
         items[slot] = item
+
+
+def _check_model(config: pytest.Config) -> None:
+    """--model and --weights, checked once when grid tests are collected (cheap: no model is
+    built): a typo is one usage error, not the same setup error on every case."""
+    from supercharge.models import resolve_model
+
+    try:
+        resolve_model(config.getoption("--model"), config.getoption("--weights"))
+    except SuperchargeError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _params(item: pytest.Item) -> dict[str, Any]:
