@@ -785,6 +785,45 @@ def test_loading_tensorrt_without_the_package_is_a_no_op_and_a_broken_one_one_li
     assert "\n" not in str(info.value)
 
 
+def test_the_tensorrt_pipeline_end_to_end_with_the_cpu_ep_standing_in(
+    tiny, cache, photos, monkeypatch
+):
+    """Everything of ort-trt + baked but TensorRT itself: per-size runners built when a size
+    arrives, warm-ups at that size for each batch size, the build lock, the profile check, and
+    the same logits as ORT CPU. The CPU EP takes TensorRT's place in the provider list."""
+    import supercharge.gpu
+    from supercharge.runners import ort_trt
+
+    monkeypatch.setattr(supercharge.gpu, "backend_unavailable_reason", lambda backend: None)
+    monkeypatch.setattr(supercharge.gpu, "gpu_info", lambda: dict(H200))
+    monkeypatch.setattr(ort_trt, "TRT_PROVIDER", "CPUExecutionProvider")
+    real = ort_trt.trt_providers
+    monkeypatch.setattr(
+        ort_trt, "trt_providers", lambda *a: [("CPUExecutionProvider", real(*a)[0][1])]
+    )
+    monkeypatch.setattr(ort_runner_module, "create_session", _without_provider_options)
+    images = photos[:3]
+    trt = build_pipeline(
+        tiny, cache, "ort-trt", "baked", "fp16", batch_sizes=(1, 2), io_binding=False, max_batch=3
+    )
+    cpu = build_pipeline(tiny, cache, "ort-cpu", "baked", "fp32")
+    trt.prepare_for(images)  # one runner per image size, before any timing
+    sizes = sorted({(im.height, im.width) for im in images})
+    assert sorted(trt.runner.built) == sizes
+    np.testing.assert_allclose(trt(images), cpu(images), rtol=1e-5, atol=1e-5)
+    described = trt.describe()
+    assert described["trt_profile"]["trt_profile_max_shapes"].startswith("image:3x")
+    assert [list(s) for s in sizes] == sorted(described["image_sizes"])
+
+
+def _without_provider_options(model_path, providers, options):
+    """create_session on the CPU EP alone (it takes no TensorRT options)."""
+    return _real_create_session(model_path, [(providers[0][0], {})], options)
+
+
+_real_create_session = ort_runner_module.create_session
+
+
 def _image_graph(path: Path) -> Path:
     """A stand-in for a baked graph: uint8 NHWC 'image' of any size -> float 'logits'."""
     from onnx import TensorProto, helper
