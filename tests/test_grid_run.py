@@ -89,6 +89,7 @@ def test_grid_run_records_what_ran_in_extra_info(grid_run):
     # the machine's pace, both ends, beside machine_info (which compared runs must share)
     pace = run["supercharge"]["pace"]
     assert pace["start_ms"] > 0 and pace["end_ms"] > 0 and "pace" not in run["machine_info"]
+    assert pace["during_ms"] and all(ms > 0 for ms in pace["during_ms"])  # between cases too
     report = json.loads((tmp / "report" / "speed.json").read_text())
     assert report["pace"] == pace
     assert "Machine pace (ORT CPU" in (tmp / "report" / "speed.md").read_text()

@@ -25,16 +25,35 @@ def test_change_is_end_over_start():
     assert Pace(2.0, 3.0).mean_ms() == 2.5
 
 
+def test_a_phase_in_the_middle_of_a_run_is_its_change():
+    """Start and end agree, a probe between cases does not: the run is not steady."""
+    pace = Pace(2.0).with_probe(2.1).with_probe(3.0).with_probe(2.2)
+    pace = Pace(pace.start_ms, 2.05, pace.during_ms)
+    assert pace.samples() == (2.0, 2.1, 3.0, 2.2, 2.05)
+    assert pace.change() == pytest.approx(0.5) and pace.mean_ms() == pytest.approx(2.27)
+    assert Pace(2.0, during_ms=(1.5, 2.2)).change() == pytest.approx(-0.25)  # faster counts too
+
+
 @pytest.mark.parametrize(
     "data",
-    [None, {}, {"start_ms": "fast"}, {"start_ms": 0}, {"start_ms": -1.0}, ["start_ms"]],
+    [
+        None,
+        {},
+        {"start_ms": "fast"},
+        {"start_ms": 0},
+        {"start_ms": -1.0},
+        ["start_ms"],
+        {"start_ms": 2.0, "during_ms": ["x"]},
+        {"start_ms": 2.0, "during_ms": [0.0]},
+        {"start_ms": 2.0, "during_ms": 3},
+    ],
 )
 def test_a_missing_or_malformed_saved_pace_reads_as_none(data):
     assert Pace.from_dict(data) is None
 
 
 def test_a_saved_pace_round_trips():
-    pace = Pace(2.5, 2.75)
+    pace = Pace(2.5, 2.75, (2.6, 2.9))
     assert Pace.from_dict(json.loads(json.dumps(pace.as_dict()))) == pace
     assert Pace.from_dict({"start_ms": 2.5}) == Pace(2.5)
 
@@ -60,6 +79,11 @@ def test_the_report_states_the_pace_and_flags_a_changed_machine(tmp_path):
     assert json.loads((tmp_path / "speed.json").read_text())["pace"]["end_ms"] == 3.0
     write_report(SuiteResults(timings=[_timing()], pace=Pace(2.0, 2.1)), tmp_path)
     assert "(steady)" in (tmp_path / "speed.md").read_text()
+    mid_run = Pace(2.0, 2.1, (2.05, 2.9, 2.2))
+    write_report(SuiteResults(timings=[_timing()], pace=mid_run), tmp_path)
+    text = (tmp_path / "speed.md").read_text()
+    assert "2.05-2.90 ms at 3 probes between cases" in text and "+45%" in text
+    assert "rerun" in text
 
 
 def _run(tmp_path, name: str, pace: Pace | None) -> dict:

@@ -1,4 +1,5 @@
-"""The machine's pace: one fixed ONNX Runtime workload, timed at the start and end of a run.
+"""The machine's pace: one fixed ONNX Runtime workload, timed at the start and end of a run and
+between its cases.
 
 Why: shared CI machines have phases, minutes long, in which ORT's memory-bound work runs
 45-60% slower while PyTorch moves by 5-20% (docs/results/cpu-2026-11-29.md). A paired speedup
@@ -15,7 +16,7 @@ copy is nothing), on the CPU EP with the suite's session options.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -28,29 +29,52 @@ SHIFT = 0.15  # a pace change beyond this is reported: drift between runs stays 
 
 @dataclass(frozen=True)
 class Pace:
-    """Median milliseconds of the workload at the start and (once measured) the end of a run."""
+    """Median milliseconds of the workload at the start of a run, between its cases (each time
+    a new pipeline is built) and, once measured, at its end. A start/end pair alone misses a
+    slow phase that begins after the start and is over by the end."""
 
     start_ms: float
     end_ms: float | None = None
+    during_ms: tuple[float, ...] = ()
+
+    def samples(self) -> tuple[float, ...]:
+        return (self.start_ms, *self.during_ms, *(() if self.end_ms is None else (self.end_ms,)))
+
+    def with_probe(self, ms: float) -> Pace:
+        """This pace with one more measurement between cases."""
+        return replace(self, during_ms=(*self.during_ms, ms))
 
     def change(self) -> float | None:
-        """end / start - 1, positive when the machine got slower during the run."""
-        return None if self.end_ms is None else self.end_ms / self.start_ms - 1.0
+        """The largest move from the start pace over the later measurements (sample / start - 1,
+        positive when the machine got slower), or None before any."""
+        later = self.samples()[1:]
+        if not later:
+            return None
+        return max((ms / self.start_ms - 1.0 for ms in later), key=abs)
 
     def mean_ms(self) -> float:
-        return self.start_ms if self.end_ms is None else (self.start_ms + self.end_ms) / 2
+        samples = self.samples()
+        return sum(samples) / len(samples)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"workload": WORKLOAD, "start_ms": self.start_ms, "end_ms": self.end_ms}
+        return {
+            "workload": WORKLOAD,
+            "start_ms": self.start_ms,
+            "end_ms": self.end_ms,
+            "during_ms": list(self.during_ms),
+        }
 
     @classmethod
     def from_dict(cls, data: Any) -> Pace | None:
         """The pace a saved run carries, or None for runs saved without one (or malformed)."""
         try:
             start, end = float(data["start_ms"]), data.get("end_ms")
-            return cls(start, None if end is None else float(end)) if start > 0 else None
-        except (TypeError, KeyError, ValueError):
+            during = tuple(float(ms) for ms in data.get("during_ms") or ())
+        except (TypeError, KeyError, ValueError, AttributeError):
             return None
+        if start <= 0 or any(ms <= 0 for ms in during):
+            return None
+        return cls(start, None if end is None else float(end), during)
 
 
 def _workload() -> bytes:

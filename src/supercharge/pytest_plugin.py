@@ -316,7 +316,8 @@ def pipeline_for(
     """combo -> prepared Pipeline. Only the latest one is kept, besides the baselines (one per
     device, timed around every case): the grid is ordered so that consecutive cases share a
     pipeline, and a large model's sessions are not all held at once. The machine's pace is
-    taken here, before the first case (supercharge.pace; the end is taken at session end).
+    taken here, before the first case and before each new pipeline (supercharge.pace; the end
+    is taken at session end).
     A backend that must know its largest batch up front (TensorRT's profile: `max_batch`) is
     told the accuracy gates' batch of every fixture image too."""
     from supercharge.pace import Pace, measure
@@ -334,6 +335,8 @@ def pipeline_for(
         if combo not in store:
             if store is held:
                 held.clear()
+                # between cases, with the last case's sessions gone: a mid-run phase shows
+                suite_results.pace = suite_results.pace.with_probe(measure())
             options = largest_batch_options(combo.backend, len(fixture_image_paths))
             try:
                 store[combo] = build_pipeline(
@@ -378,12 +381,14 @@ def suite_results(pytestconfig: pytest.Config):
 
 def _finish_pace(config: pytest.Config) -> Any:
     """The run's Pace, with its end measured once (by whichever end-of-session hook is first)."""
-    from supercharge.pace import Pace, measure
+    from dataclasses import replace
+
+    from supercharge.pace import measure
 
     results = config.stash.get(_RESULTS, None)
     pace = results.pace if results is not None else None
     if pace is not None and pace.end_ms is None:
-        pace = results.pace = Pace(pace.start_ms, measure())
+        pace = results.pace = replace(pace, end_ms=measure())
     return pace
 
 

@@ -376,9 +376,12 @@ def write_report(
 
 
 def pace_markdown(pace: Pace) -> str:
-    """The machine's pace at both ends of the run, and whether it held."""
+    """The machine's pace at both ends of the run and between its cases, and whether it held."""
     end = "not measured" if pace.end_ms is None else f"{pace.end_ms:.2f} ms at the end"
     line = f"Machine pace ({WORKLOAD}): {pace.start_ms:.2f} ms at the start, {end}"
+    if pace.during_ms:
+        low, high = min(pace.during_ms), max(pace.during_ms)
+        line += f", {low:.2f}-{high:.2f} ms at {len(pace.during_ms)} probes between cases"
     change = pace.change()
     if change is None:
         return line + "."
