@@ -360,3 +360,26 @@ def test_two_processes_exporting_into_an_empty_dir(tmp_path):
     assert len(models) == 1
     assert (models[0] / "model.onnx").is_file()
     assert sys.executable  # the same interpreter ran both
+
+
+def test_a_read_only_cache_serves_its_artifacts_and_refuses_only_a_build(tmp_path, monkeypatch):
+    """A cache built once and shared read-only (CI runners) needs no lock for a hit; a miss
+    names the missing artifact and what to do. (Root bypasses permissions: os.access is
+    patched to say what a read-only mount would.)"""
+    spec, builder = _spec(), CountingBuilder()
+    built = ArtifactCache(tmp_path, log=lambda m: None).get_or_build(spec, builder)
+    real_access = os.access
+    monkeypatch.setattr(
+        cache_mod.os,
+        "access",
+        lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode),
+    )
+    shared = ArtifactCache(tmp_path, log=lambda m: None)
+    assert shared.read_only
+    hit = shared.get_or_build(spec, builder)
+    assert hit.path == built.path and not hit.built and builder.calls == 1
+    with pytest.raises(ArtifactError) as info:
+        shared.get_or_build(_spec(v=2), builder)
+    message = str(info.value)
+    assert "\n" not in message and f"artifact dir {tmp_path} is read-only" in message
+    assert "holds no valid test-kind thing" in message and builder.calls == 1

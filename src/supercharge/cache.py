@@ -137,7 +137,12 @@ def _ensure_dir(path: Path) -> None:
 
 
 class ArtifactCache:
-    """Get-or-build access to artifacts under one root directory."""
+    """Get-or-build access to artifacts under one root directory.
+
+    A root that exists but is read-only (a cache built once and shared, e.g. mounted into CI
+    runners) serves every artifact it holds: artifacts are published whole by a rename, so a
+    hit needs no lock. Only a miss, which would have to build, is an error there.
+    """
 
     def __init__(self, root: str | Path | None = None, log: Callable[[str], None] | None = None):
         self.root = Path(root).expanduser() if root is not None else default_root()
@@ -149,12 +154,9 @@ class ArtifactCache:
                 f"artifact dir {self.root} cannot be created ({exc.strerror}): "
                 f"pass --artifact-dir or set {ENV_VAR} to a writable directory"
             ) from exc
-        _ensure_dir(self.root / ".locks")
-        if not os.access(self.root, os.W_OK):
-            raise ArtifactError(
-                f"artifact dir {self.root} is not writable: "
-                f"pass --artifact-dir or set {ENV_VAR} to a writable directory"
-            )
+        self.read_only = not os.access(self.root, os.W_OK)
+        if not self.read_only:
+            _ensure_dir(self.root / ".locks")
 
     def path_for(self, spec: ArtifactSpec) -> Path:
         return self.root / spec.kind / spec.dirname
@@ -170,6 +172,12 @@ class ArtifactCache:
         found = self.lookup(spec)
         if found is not None:
             return found
+        if self.read_only:
+            raise ArtifactError(
+                f"artifact dir {self.root} is read-only and holds no valid {spec.kind} "
+                f"{spec.name}: build it where the cache is writable (supercharge export), "
+                f"or pass --artifact-dir or set {ENV_VAR} to a writable directory"
+            )
         final = self.path_for(spec)
         _ensure_dir(final.parent)
         # 0o666: whoever else uses a shared cache must be able to open the lock file too.
