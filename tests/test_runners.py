@@ -658,6 +658,15 @@ def test_trt_engines_are_built_holding_the_timing_cache_lock(tiny_onnx, cache, m
     assert held and FileLock(str(held[0])).acquire(timeout=0)  # released after the build
 
 
+def test_an_unwritable_tensorrt_cache_folder_is_one_line(tiny_onnx, tmp_path):
+    blocker = tmp_path / "ort-trt"
+    blocker.write_text("a file where the engine folders go")
+    runner = OrtTrtRunner(tiny_onnx, cache=ArtifactCache(tmp_path, log=_quiet), gpu=H200)
+    with pytest.raises(SuperchargeError, match="cannot create the TensorRT cache folder") as info:
+        runner.prepare()
+    assert "\n" not in str(info.value) and "--artifact-dir" in str(info.value)
+
+
 def test_trt_profile_refuses_shapes_that_would_rebuild(tiny_onnx, cache):
     runner = OrtTrtRunner(tiny_onnx, cache=cache, batch_sizes=(1, 8), gpu=H200)
     with pytest.raises(SuperchargeError) as info:

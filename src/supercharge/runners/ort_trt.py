@@ -299,7 +299,14 @@ class OrtTrtRunner(OrtRunner):
         load_tensorrt()  # a pip TensorRT's libraries are off the loader's path otherwise
         options = dict(self.providers())[TRT_PROVIDER]
         for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
-            Path(options[key]).mkdir(parents=True, exist_ok=True)
+            try:
+                Path(options[key]).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a read-only shared cache: engines are built per machine
+                raise SuperchargeError(
+                    f"cannot create the TensorRT cache folder {options[key]} "
+                    f"({exc.strerror or exc}): pass --artifact-dir (or set "
+                    "SUPERCHARGE_ARTIFACT_DIR) to a writable cache"
+                ) from exc
         with FileLock(str(Path(options["trt_timing_cache_path"]) / ".build.lock")):
             super().prepare()
 
