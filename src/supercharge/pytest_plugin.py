@@ -23,6 +23,7 @@ from supercharge.models import DEFAULT_MODEL
 
 _RESULTS = pytest.StashKey["SuiteResults"]()
 _FLOORS = pytest.StashKey[list]()  # floors.SpeedupFloor from [tool.supercharge.speedup_floors]
+_MODEL_REF = pytest.StashKey[Any]()  # models.ModelRef of --model/--weights, resolved once
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -216,7 +217,9 @@ def _check_model(config: pytest.Config) -> None:
     from supercharge.models import resolve_model
 
     try:
-        resolve_model(config.getoption("--model"), config.getoption("--weights"))
+        config.stash[_MODEL_REF] = resolve_model(
+            config.getoption("--model"), config.getoption("--weights")
+        )
     except SuperchargeError as exc:
         raise pytest.UsageError(str(exc)) from None
 
@@ -258,8 +261,10 @@ def model_bundle(pytestconfig: pytest.Config):
     """The model under test (--model, --weights), loaded once per session."""
     from supercharge.models import load_bundle
 
+    # the reference resolved at collection (weights located and hashed once), if grid tests ran
+    model = pytestconfig.stash.get(_MODEL_REF, None) or pytestconfig.getoption("--model")
     try:
-        return load_bundle(pytestconfig.getoption("--model"), pytestconfig.getoption("--weights"))
+        return load_bundle(model, pytestconfig.getoption("--weights"))
     except SuperchargeError as exc:
         _user_error(exc)
 
