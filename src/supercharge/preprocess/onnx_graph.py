@@ -274,26 +274,22 @@ def _filter(g: _Graph, x: str, interpolation: str) -> str:
 
 
 def _pass_weights(
-    g: _Graph,
-    hw: str,
-    sizes: str,
-    begin: str,
-    bands: int,
-    spec: PreprocessSpec,
+    g: _Graph, hw: str, sizes: str, begin: str, bands: int, spec: PreprocessSpec
 ) -> tuple[str, str, str]:
     """Pillow's weights for both 1-D passes at once, for any image size.
 
-    Row i of every result is axis i (0: H, 1: W) going from `hw[i]` to `sizes[i]` pixels; the
-    outputs are `begin[i]` .. `begin[i] + bands * BAND` (those past the crop window are cut after
-    the MatMuls). The weights are computed as Pillow's precompute_coeffs lays them out (a few
-    taps per output from its xmin, in float64, normalised, quantised to 22 bits), then scattered
-    into one [BAND, S] matrix per band over the input span the band touches (an axis's spans all
-    as long as its longest, shifted to stay inside the image). Why this shape: at this size ORT's
-    cost is per element and per node, so the filter runs on ~K taps per output rather than on
-    the dense band matrices (7x fewer elements for a 1.56x downscale), and both axes share one
-    chain of ops (leading axis 2) outside the If, since the weights do not depend on pass order.
-    Returns (start [2, bands], span [2, 1], both int64; weights float32 [2, bands, BAND, S],
-    S the longer axis's span, taps past an axis's own span zero).
+    Axis i (0: H, 1: W) goes from `hw[i]` to `sizes[i]` pixels; its outputs are `begin[i]` ..
+    `begin[i] + bands * BAND` (those past the crop window are cut after the MatMuls). The
+    weights are computed as Pillow's precompute_coeffs lays them out (a few taps per output from
+    its xmin, in float64, normalised, quantised to 22 bits), then scattered into one [BAND, S]
+    matrix per band over the input span the band touches (an axis's spans all as long as its
+    longest, shifted to stay inside the image). Why this shape: at this size ORT's cost is per
+    node (~1 us) more than per element, so the filter runs on ~K taps per output rather than on
+    the dense band matrices (7x fewer elements for a 1.56x downscale), both axes share one chain
+    (leading axis 2) outside the If, and every tensor is [axis, band, output, tap] from the
+    start, so nothing is reshaped between steps. Returns (starts int64 [2, bands], spans int64
+    [2, 1], weights float32 [2, bands, BAND, S], S the longer axis's span, taps past an axis's
+    own span zero).
     """
     support = pil_resample.FILTERS[spec.interpolation][1]
 
@@ -303,47 +299,40 @@ def _pass_weights(
     def i64(v: Any) -> str:
         return g.const(v, np.int64, "pass")
 
-    column = i64([2, 1])
-    size_in = g.op("Reshape", g.op("Cast", hw, to=TensorProto.DOUBLE), column)  # [2, 1]
-    n_out = g.op("Reshape", g.op("Cast", sizes, to=TensorProto.DOUBLE), column)
+    def per_axis(t: str) -> str:  # int64 [2] -> float64 [2, 1, 1, 1]
+        return g.op("Reshape", g.op("Cast", t, to=TensorProto.DOUBLE), i64([2, 1, 1, 1]))
+
+    size_in, n_out, first = per_axis(hw), per_axis(sizes), per_axis(begin)
     scale = g.op("Div", size_in, n_out)
     filterscale = g.op("Max", scale, f([1.0]))
     reach = g.op("Mul", filterscale, f([support]))
-    first = g.op("Reshape", g.op("Cast", begin, to=TensorProto.DOUBLE), column)
-    j = g.op("Add", first, f(np.arange(bands * BAND)))  # [2, O]: O = bands * BAND outputs
-    center = g.op("Mul", g.op("Add", j, f([0.5])), scale)
+    # output j's centre, (j + 0.5) * scale, for j = begin .. begin + bands * BAND - 1
+    offsets = np.arange(bands * BAND, dtype=np.float64).reshape(bands, BAND, 1) + 0.5
+    center = g.op("Mul", g.op("Add", first, f(offsets)), scale)  # [2, bands, BAND, 1]
     xmin = g.op("Floor", g.op("Add", g.op("Sub", center, reach), f([0.5])))
     xmin = g.op("Max", xmin, f([0.0]))
     xmax = g.op("Min", g.op("Floor", g.op("Add", g.op("Add", center, reach), f([0.5]))), size_in)
     # precompute_coeffs: K taps from xmin per output, K the most any output has
     taps = g.op("Range", f(0.0), g.op("ReduceMax", g.op("Sub", xmax, xmin), keepdims=0), f(1.0))
-    per_tap = i64([2, bands * BAND, 1])
-    pos = g.op("Add", g.op("Reshape", xmin, per_tap), taps)  # [2, O, K]
-    distance = g.op("Sub", pos, g.op("Reshape", center, per_tap))
-    scale_3d = g.op("Reshape", filterscale, i64([2, 1, 1]))
-    w = _filter(g, g.op("Div", g.op("Add", distance, f([0.5])), scale_3d), spec.interpolation)
-    w = g.op("Where", g.op("Less", pos, g.op("Reshape", xmax, per_tap)), w, f([0.0]))
-    total = g.op("ReduceSum", w, i64([2]), keepdims=1)
-    w = g.op("Div", w, g.op("Where", g.op("Equal", total, f([0.0])), f([1.0]), total))
-    # normalize_coeffs_8bpc: round half away from zero to 22 fractional bits
-    w = g.op("Mul", w, f([pil_resample.ONE]))
-    w = g.op("Mul", g.op("Sign", w), g.op("Floor", g.op("Add", g.op("Abs", w), f([0.5]))))
-    w = g.op("Cast", g.op("Div", w, f([pil_resample.ONE])), to=TensorProto.FLOAT)
-    # the bands: the input span each band's outputs touch
-    per_band = i64([2, bands, BAND])
-    start = g.op("ReduceMin", g.op("Reshape", xmin, per_band), i64([2]), keepdims=0)
-    end = g.op("ReduceMax", g.op("Reshape", xmax, per_band), i64([2]), keepdims=0)
-    span = g.op("ReduceMax", g.op("Sub", end, start), i64([1]), keepdims=1)  # [2, 1]
+    pos = g.op("Add", xmin, taps)  # [2, bands, BAND, K]
+    x = g.op("Div", g.op("Add", g.op("Sub", pos, center), f([0.5])), filterscale)
+    w = g.op("Where", g.op("Less", pos, xmax), _filter(g, x, spec.interpolation), f([0.0]))
+    # normalised by the sum (never 0 for an output inside the image; outputs past it are cut)
+    total = g.op("Max", g.op("ReduceSum", w, i64([3]), keepdims=1), f([np.finfo(float).tiny]))
+    w = g.op("Mul", g.op("Div", w, total), f([pil_resample.ONE]))
+    # normalize_coeffs_8bpc: (int)(w * ONE +- 0.5), the cast truncating toward zero as C does
+    w = g.op("Add", w, g.op("Mul", g.op("Sign", w), f([0.5])))
+    w = g.op("Cast", g.op("Cast", w, to=TensorProto.INT32), to=TensorProto.FLOAT)
+    w = g.op("Mul", w, g.const([1.0 / pil_resample.ONE], np.float32, "pass"))
+    # the bands: the input span each band's outputs touch, as long as the axis's longest
+    start = g.op("ReduceMin", xmin, i64([2]), keepdims=1)  # [2, bands, 1, 1]
+    end = g.op("ReduceMax", xmax, i64([2]), keepdims=1)
+    span = g.op("ReduceMax", g.op("Sub", end, start), i64([1]), keepdims=1)  # [2, 1, 1, 1]
     start = g.op("Min", start, g.op("Sub", size_in, span))  # keeps start + span inside
-    longest = g.op("ReduceMax", span, keepdims=1)  # [1, 1]: S
+    longest = g.op("ReduceMax", span, keepdims=1)  # [1, 1, 1, 1]: S
     # each tap's row in its band's matrix; taps past an output's own (zero weight) are clipped
     # into range and added, so they change nothing
-    row = g.op(
-        "Sub",
-        g.op("Reshape", pos, i64([2, bands, BAND, -1])),
-        g.op("Reshape", start, i64([2, bands, 1, 1])),
-    )
-    row = g.op("Cast", g.op("Min", row, g.op("Sub", longest, f([1.0]))), to=TensorProto.INT64)
+    row = g.op("Min", g.op("Sub", pos, start), g.op("Sub", longest, f([1.0])))
     shape = g.op(
         "Concat",
         i64([2, bands, BAND]),
@@ -351,31 +340,36 @@ def _pass_weights(
         axis=0,
     )
     zeros = g.op("ConstantOfShape", shape, value=numpy_helper.from_array(np.zeros(1, np.float32)))
-    w = g.op(
-        "ScatterElements",
-        zeros,
-        row,
-        g.op("Reshape", w, i64([2, bands, BAND, -1])),
-        axis=3,
-        reduction="add",
-    )
-    start = g.op("Cast", start, to=TensorProto.INT64)
-    return start, g.op("Cast", span, to=TensorProto.INT64), w
+    row = g.op("Cast", row, to=TensorProto.INT64)
+    w = g.op("ScatterElements", zeros, row, w, axis=3, reduction="add")
+    starts = g.op("Reshape", g.op("Cast", start, to=TensorProto.INT64), i64([2, bands]))
+    spans = g.op("Reshape", g.op("Cast", span, to=TensorProto.INT64), i64([2, 1]))
+    return starts, spans, w
 
 
 class _PassOperands:
-    """One axis's banded-pass operands: band starts and ends (int64 [bands]), the band weights
-    ([1, bands, .., ..], as MatMul takes them for this axis) and the outputs kept (int64 [1]).
+    """One axis's banded-pass operands: its band starts, then its band ends (int64
+    [2 * pieces], relative to the input window), the band weights ([1, pieces, .., ..], as
+    MatMul takes them for this axis), of which the axis uses its first `bands`, and, when the
+    graph may keep fewer outputs than its bands compute, that count (int64 [1]).
 
     Whole tensors, split into bands by the pass itself: inside an If branch each outer value is
-    an implicit input with its own cost, so the branch reads four per axis, not one per band.
+    an implicit input with its own cost, so the branch reads two or three per axis, not one per
+    band.
     """
 
     def __init__(
-        self, g: _Graph, weights: str, begins: str, ends: str, axis: int, bands: int, count: str
+        self,
+        g: _Graph,
+        weights: str,
+        lines: str,
+        axis: int,
+        bands: int,
+        pieces: int,
+        count: str | None,
     ) -> None:
-        self.axis, self.bands, self.count = axis, bands, count
-        self.begins, self.ends = begins, ends
+        self.axis, self.bands, self.pieces, self.count = axis, bands, pieces, count
+        self.lines = lines
         if axis == 3:  # [.., H, span] @ [span, band]
             weights = g.op("Transpose", weights, perm=[0, 1, 3, 2])
         self.weights = weights
@@ -384,49 +378,37 @@ class _PassOperands:
 def _pass_operands(
     g: _Graph, hw: str, sizes: str, window: tuple[str, str], spec: PreprocessSpec
 ) -> tuple[tuple[str, str], dict[int, _PassOperands]]:
-    """Both axes' weights (`_pass_weights`), cut per axis to its bands and its own span, and
-    the input window ([begin, end) per (H, W)) the bands read, band starts relative to it."""
+    """Both axes' weights (`_pass_weights`), cut per axis to its own span, and the input window
+    ([begin, end) per (H, W)) the bands read, band starts and ends relative to it."""
     lo, hi = window
     bands = {axis: -(-most // BAND) for axis, most in zip(_SPATIAL, spec.input_size, strict=True)}
     most = max(bands.values())
-    start, span, w = _pass_weights(g, hw, sizes, lo, most, spec)
-    # the input lines any band reads, per axis: from the first band's start to the last's end
-    ends = g.op("Add", start, span)
-    last = g.const([[bands[2] - 1], [bands[3] - 1]], np.int64, "last_band")
+    starts, spans, w = _pass_weights(g, hw, sizes, lo, most, spec)  # [2, most], [2, 1], ..
     flat = g.const([-1], np.int64, "flat")
-    first = g.op(
-        "Slice",
-        start,
-        g.const([0], np.int64, "zero"),
-        g.const([1], np.int64, "one"),
-        g.const([1], np.int64, "one"),
-    )  # [2, 1]
+    ends = g.op("Add", starts, spans)
+    # the input lines any band reads, per axis: from the first band's start to the last's end
+    # (band starts never decrease)
+    first = g.op("ReduceMin", starts, g.const([1], np.int64, "axis"), keepdims=1)  # [2, 1]
+    last = g.const([[bands[2] - 1], [bands[3] - 1]], np.int64, "last_band")
     window = (
         g.op("Reshape", first, flat),
         g.op("Reshape", g.op("GatherElements", ends, last, axis=1), flat),
     )
-    # per axis i, relative to the window: band starts and ends start[i, :bands_i], and
-    # w[i : i + 1, :bands_i, :, :span_i]
-    start, ends = g.op("Sub", start, first), g.op("Sub", ends, first)
-    w_ends = g.op(
-        "Concat",
-        g.const([[1, bands[2], BAND], [2, bands[3], BAND]], np.int64, "w_end"),
-        span,
-        axis=1,
-    )
-    counts = g.split(g.op("Sub", hi, lo), 2)
+    # per axis, relative to the window: its band starts, then its band ends ([2 * most])
+    lines = g.op("Sub", g.op("Concat", starts, ends, axis=1), first)
+    lines_by_axis = g.split(g.op("Reshape", lines, flat), 2)
+    spans_by_axis = g.split(g.op("Reshape", spans, flat), 2)  # [1] each
+    weights_by_axis = g.split(w, 2)  # [1, most, BAND, S] each
+    # every band computes BAND outputs; the crop window keeps fewer only when the crop size is
+    # not a multiple of BAND or an axis may be padded (then the window is the resized extent)
+    exact = not _may_pad(spec) and all(side % BAND == 0 for side in spec.input_size)
+    counts = [None, None] if exact else g.split(g.op("Sub", hi, lo), 2)
+    zero, last_axis = g.const([0], np.int64, "zero"), g.const([3], np.int64, "axis")
     operands = {}
-
-    def row(t: str, index: int, columns: int) -> str:
-        first = g.const([index, 0], np.int64, "row")
-        return g.op("Slice", t, first, g.const([index + 1, columns], np.int64, "row"))
-
     for index, axis in enumerate(_SPATIAL):
-        begins_i = g.op("Reshape", row(start, index, bands[axis]), flat)
-        ends_i = g.op("Reshape", row(ends, index, bands[axis]), flat)
-        w_end = g.op("Reshape", row(w_ends, index, 4), flat)
-        w_i = g.op("Slice", w, g.const([index, 0, 0, 0], np.int64, "w_start"), w_end)
-        operands[axis] = _PassOperands(g, w_i, begins_i, ends_i, axis, bands[axis], counts[index])
+        w_i = g.op("Slice", weights_by_axis[index], zero, spans_by_axis[index], last_axis)
+        lines_i, count_i = lines_by_axis[index], counts[index]
+        operands[axis] = _PassOperands(g, w_i, lines_i, axis, bands[axis], most, count_i)
     return window, operands
 
 
@@ -438,18 +420,20 @@ def _banded_pass(g: _Graph, x: str, operands: _PassOperands) -> str:
     photo, horizontal pass: 0.31 ms, against ~0.7 ms for an antialiased Resize that computes
     every output; exact against Pillow's weights.
     """
-    axis = operands.axis
+    axis, n, pieces = operands.axis, operands.bands, operands.pieces
     along = g.const([axis], np.int64, "axis")
-    n = operands.bands
-    begins, ends = g.split(operands.begins, n), g.split(operands.ends, n)
-    pieces = g.split(operands.weights, n, axis=1)  # [1, 1, .., ..] each
+    # an axis with fewer bands than the other (a non-square crop) leaves its last pieces unread
+    lines = g.split(operands.lines, 2 * pieces)
+    begins, ends = lines[:pieces], lines[pieces:]
+    weights = g.split(operands.weights, pieces, axis=1)  # [1, 1, .., ..] each
     parts = []
-    for begin, end, weights in zip(begins, ends, pieces, strict=True):
-        lines = g.op("Slice", x, begin, end, along)
-        pair = (lines, weights) if axis == 3 else (weights, lines)  # [1, 1, ..] broadcasts
+    for begin, end, band in zip(begins[:n], ends[:n], weights[:n], strict=True):
+        read = g.op("Slice", x, begin, end, along)
+        pair = (read, band) if axis == 3 else (band, read)  # [1, 1, ..] broadcasts
         parts.append(g.op("MatMul", *pair))
     y = parts[0] if len(parts) == 1 else g.op("Concat", *parts, axis=axis)
-    y = g.op("Slice", y, g.const([0], np.int64, "zero"), operands.count, along)
+    if operands.count is not None:
+        y = g.op("Slice", y, g.const([0], np.int64, "zero"), operands.count, along)
     return _round_clip(g, y)
 
 
@@ -495,11 +479,11 @@ def _pillow_resize(
 
     if _PILLOW_MAJOR < 13:  # horizontal pass first, always (array_impl.pass_order)
         return passes(g, vertical_first=False)
-    # vertical first iff dh > 0 and dh > 2 * dw, with dh, dw the pixels each side loses
+    # vertical first iff dh > 0 and dh > 2 * dw, i.e. dh > max(0, 2 * dw), with dh, dw the
+    # pixels each side loses (If takes a one-element condition)
     zero, two = g.const([0], np.int64, "zero"), g.const([2], np.int64, "two")
     dh, dw = g.split(g.op("Sub", hw, sizes), 2)
-    cond = g.op("And", g.op("Greater", dh, zero), g.op("Greater", dh, g.op("Mul", dw, two)))
-    cond = g.op("Squeeze", cond, zero)  # If takes a one-element condition
+    cond = g.op("Greater", dh, g.op("Max", g.op("Mul", dw, two), zero))
     branches = {}
     for vertical_first in (True, False):
         b = g.branch()
