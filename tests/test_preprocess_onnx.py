@@ -86,18 +86,15 @@ def resize_attrs(model: onnx.ModelProto) -> dict:
     return _attrs(node)
 
 
-def if_branches(graph: onnx.GraphProto) -> list[dict[str, list[str]]]:
-    """Per If node, in graph order: the op types of each of its branches, by branch name."""
-    return [
-        {
-            branch.name.removeprefix(PREFIX): [n.op_type for n in branch.node]
-            for branch in (
-                onnx.helper.get_attribute_value(a) for a in node.attribute if a.type == a.GRAPH
-            )
-        }
-        for node in graph.node
-        if node.op_type == "If"
-    ]
+def baked_branches(graph: onnx.GraphProto) -> dict[str, list[str]]:
+    """The op types of each branch of the If node that picks Pillow's pass order."""
+    (node,) = [n for n in graph.node if n.op_type == "If"]
+    return {
+        branch.name.removeprefix(PREFIX): [n.op_type for n in branch.node]
+        for branch in (
+            onnx.helper.get_attribute_value(a) for a in node.attribute if a.type == a.GRAPH
+        )
+    }
 
 
 def assert_within_bound(diff: LevelDiff, what: str) -> None:
@@ -122,20 +119,19 @@ def test_chosen_configs_cover_the_crop_modes_and_sizes():
 
 
 @pytest.mark.parametrize("name", [DEFAULT, BILINEAR])
-def test_baked_passes_are_banded_matmuls_outside_the_pass_order_ifs(name):
-    """No Resize node: two banded passes in the main graph, a MatMul per BAND outputs of the
-    crop window (224 / 32 = 7 per pass), each rounded to uint8 levels. Pillow's pass order is
-    picked by the layout the image goes in with, so the two If nodes hold one Transpose (or
-    Identity) a branch and nothing heavy (an If around the passes cost ~0.08 ms a run)."""
+def test_baked_passes_are_banded_matmuls_in_both_orders(name):
+    """No Resize node: each branch of the pass-order If holds two banded passes, a MatMul per
+    BAND outputs of the crop window (224 / 32 = 7 per pass), each rounded to uint8 levels."""
     spec = spec_of(name)
     model = build_preprocess_model(spec)
     onnx.checker.check_model(model, full_check=True)
-    ops = [n.op_type for n in model.graph.node]
-    bands = sum(-(-side // BAND) for side in spec.input_size)
-    assert "Resize" not in ops and ops.count("MatMul") == bands and ops.count("Floor") >= 2
-    into, back = if_branches(model.graph)
-    assert into == {"swapped": ["Transpose"], "in_order": ["Transpose"]}
-    assert back == {"swapped": ["Transpose"], "in_order": ["Identity"]}
+    assert not [n for n in model.graph.node if n.op_type in ("Resize", "MatMul")]  # in the If
+    branches = baked_branches(model.graph)
+    assert set(branches) == {"vertical_first", "horizontal_first"}
+    for ops in branches.values():
+        assert "Resize" not in ops
+        bands = sum(-(-side // BAND) for side in spec.input_size)
+        assert ops.count("MatMul") == bands and ops.count("Floor") >= 2
 
 
 def _input_window(model: onnx.ModelProto) -> onnx.NodeProto:
@@ -176,11 +172,8 @@ def test_baked_graph_converts_only_the_input_lines_the_bands_read():
     below shows it is the right one); here: the image reaches the Transpose only through it."""
     model = build_preprocess_model(spec_of(DEFAULT))
     window = _input_window(model)
-    (layout,) = [n for n in model.graph.node if n.op_type == "If"][:1]  # the pass-order layout
-    branches = [onnx.helper.get_attribute_value(a) for a in layout.attribute]
-    readers = [n for b in branches for n in b.node if window.output[0] in n.input]
-    assert [n.op_type for n in readers] == ["Transpose", "Transpose"]
-    assert not [n for n in model.graph.node if window.output[0] in n.input]  # only the If reads
+    consumers = [n.op_type for n in model.graph.node if window.output[0] in n.input]
+    assert consumers == ["Transpose"]
     assert not [n for n in model.graph.node if n.op_type == "Transpose" and INPUT_NAME in n.input]
 
 
@@ -489,8 +482,8 @@ def test_merged_baked_model_predicts_like_pytorch_with_timm(
     proto = onnx.load(str(art.file(MODEL_FILE)))
     assert [i.name for i in proto.graph.input] == [INPUT_NAME]
     assert [o.name for o in proto.graph.output] == ["logits"]
-    ops = [n.op_type for n in proto.graph.node]  # the banded passes survive the merge
-    assert ops.count("MatMul") == 2 * -(-224 // BAND)
+    branches = baked_branches(proto.graph)  # the banded passes survive the merge (prefixed)
+    assert all(ops.count("MatMul") == 2 * -(-224 // BAND) for ops in branches.values())
 
     sess = merged_session(art)
     transform = timm_transform(model_bundle.data_config)

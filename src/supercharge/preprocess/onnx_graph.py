@@ -10,8 +10,7 @@ set of helpers (cast, round/clip, pad/crop, normalise):
 - `build_preprocess_model`: the "baked" graph. One graph for every image size: the resize
   target, padding, crop origin and Pillow's weights are computed inside it from the runtime
   shape, exactly as `PreprocessSpec.geometry` and `pil_resample.weights` do in Python, and the
-  passes run in the order Pillow takes for that shape (chosen by the layout the image goes in
-  with: two small If nodes transpose the image in and the result out for vertical first).
+  passes run in the order Pillow takes for that shape (an If node).
 - `build_separable_model`: the same passes for one fixed image size, the weights constants;
   bit-identical to the baked graph on that size, and a little faster (nothing to compute).
 - `build_seed_model`: the blog post's baked preprocessing, kept on purpose to measure its cost.
@@ -33,7 +32,6 @@ from supercharge.preprocess.spec import PreprocessSpec
 INPUT_NAME = "image"
 OUTPUT_NAME = "pixel_values"
 RESIZE_NODE = "resize"
-PASS_ORDER = "pillow_pass_order"  # the node saying "vertical first" (Pillow >= 13)
 MIN_OPSET = 18  # Resize `axes`, Pad `axes`
 BAND = 32  # outputs per MatMul in a pass (lite0, 600x400 -> 224: 32 fastest of 32-112)
 BAKED_FILTERS = ("bicubic", "bilinear", "nearest")  # what the any-size graph computes
@@ -75,9 +73,9 @@ class _Graph:
         sub._count = self._count
         return sub
 
-    def subgraph(self, name: str, output: str, elem_type: int) -> onnx.GraphProto:
-        """This builder's nodes and constants as an If branch: no inputs, one output."""
-        out_info = helper.make_tensor_value_info(output, elem_type, None)
+    def subgraph(self, name: str, output: str) -> onnx.GraphProto:
+        """This builder's nodes and constants as an If branch: no inputs, one float output."""
+        out_info = helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
         return helper.make_graph(self.nodes, name, [], [out_info], initializer=self.initializers)
 
     def const(self, value: Any, dtype: Any, hint: str = "const") -> str:
@@ -146,11 +144,8 @@ def _to_float(g: _Graph, x: str) -> str:
     return g.op("Cast", g.op("Transpose", x, perm=[0, 3, 1, 2]), to=TensorProto.FLOAT)
 
 
-def _input_window(
-    g: _Graph, begin: str | list[int], end: str | list[int], axes: str | None = None
-) -> str:
-    """The uint8 NHWC input cut to rows and columns [begin, end) (H, W, or the NHWC `axes`
-    they are given for), before anything else.
+def _input_window(g: _Graph, begin: str | list[int], end: str | list[int]) -> str:
+    """The uint8 NHWC input cut to rows and columns [begin, end) (H, W), before anything else.
 
     The center crop keeps ~60% of a photo's pixels and the resize reads only a few past its
     edge, so transposing and casting just that window is about half the work: on a 600x400
@@ -158,8 +153,7 @@ def _input_window(
     """
     begin = begin if isinstance(begin, str) else g.const(begin, np.int64, "window")
     end = end if isinstance(end, str) else g.const(end, np.int64, "window")
-    axes = axes or g.const([1, 2], np.int64, "window_axes")
-    return g.op("Slice", INPUT_NAME, begin, end, axes)
+    return g.op("Slice", INPUT_NAME, begin, end, g.const([1, 2], np.int64, "window_axes"))
 
 
 def _round_clip(g: _Graph, x: str) -> str:
@@ -280,22 +274,22 @@ def _filter(g: _Graph, x: str, interpolation: str) -> str:
 
 
 def _pass_weights(
-    g: _Graph, geometry: str, bands: int, spec: PreprocessSpec
+    g: _Graph, hw: str, sizes: str, begin: str, bands: int, spec: PreprocessSpec
 ) -> tuple[str, str, str]:
     """Pillow's weights for both 1-D passes at once, for any image size.
 
-    `geometry` is int64 [3, 2]: per pass axis i, its input size, its resized size and its first
-    output (the crop window's start); the outputs are that start .. start + bands * BAND (those
-    past the crop window are cut after the MatMuls). The weights are computed as Pillow's
-    precompute_coeffs lays them out (a few taps per output from its xmin, in float64,
-    normalised, quantised to 22 bits), then scattered into one [BAND, S] matrix per band over
-    the input span the band touches (an axis's spans all as long as its longest, shifted to stay
-    inside the image). Why this shape: at this size ORT's cost is per node (~1 us) more than per
-    element, so the filter runs on ~K taps per output rather than on the dense band matrices (7x
-    fewer elements for a 1.56x downscale), both axes share one chain (leading axis 2), and every
-    tensor is [axis, band, output, tap] from the start, so nothing is reshaped between steps.
-    Returns (starts int64 [2, bands], spans int64 [2, 1], weights float32 [2, bands, BAND, S],
-    S the longer axis's span, taps past an axis's own span zero).
+    Axis i (0: H, 1: W) goes from `hw[i]` to `sizes[i]` pixels; its outputs are `begin[i]` ..
+    `begin[i] + bands * BAND` (those past the crop window are cut after the MatMuls). The
+    weights are computed as Pillow's precompute_coeffs lays them out (a few taps per output from
+    its xmin, in float64, normalised, quantised to 22 bits), then scattered into one [BAND, S]
+    matrix per band over the input span the band touches (an axis's spans all as long as its
+    longest, shifted to stay inside the image). Why this shape: at this size ORT's cost is per
+    node (~1 us) more than per element, so the filter runs on ~K taps per output rather than on
+    the dense band matrices (7x fewer elements for a 1.56x downscale), both axes share one chain
+    (leading axis 2) outside the If, and every tensor is [axis, band, output, tap] from the
+    start, so nothing is reshaped between steps. Returns (starts int64 [2, bands], spans int64
+    [2, 1], weights float32 [2, bands, BAND, S], S the longer axis's span, taps past an axis's
+    own span zero).
     """
     support = pil_resample.FILTERS[spec.interpolation][1]
 
@@ -305,14 +299,14 @@ def _pass_weights(
     def i64(v: Any) -> str:
         return g.const(v, np.int64, "pass")
 
-    per_axis = g.op("Reshape", g.op("Cast", geometry, to=TensorProto.DOUBLE), i64([3, 2, 1, 1, 1]))
-    size_in, n_out, first = (
-        g.op("Gather", per_axis, g.const(index, np.int64, "row"), axis=0) for index in range(3)
-    )  # [2, 1, 1, 1] each
+    def per_axis(t: str) -> str:  # int64 [2] -> float64 [2, 1, 1, 1]
+        return g.op("Reshape", g.op("Cast", t, to=TensorProto.DOUBLE), i64([2, 1, 1, 1]))
+
+    size_in, n_out, first = per_axis(hw), per_axis(sizes), per_axis(begin)
     scale = g.op("Div", size_in, n_out)
     filterscale = g.op("Max", scale, f([1.0]))
     reach = g.op("Mul", filterscale, f([support]))
-    # output j's centre, (j + 0.5) * scale, for j = start .. start + bands * BAND - 1
+    # output j's centre, (j + 0.5) * scale, for j = begin .. begin + bands * BAND - 1
     offsets = np.arange(bands * BAND, dtype=np.float64).reshape(bands, BAND, 1) + 0.5
     center = g.op("Mul", g.op("Add", first, f(offsets)), scale)  # [2, bands, BAND, 1]
     xmin = g.op("Floor", g.op("Add", g.op("Sub", center, reach), f([0.5])))
@@ -354,10 +348,15 @@ def _pass_weights(
 
 
 class _PassOperands:
-    """One banded pass's operands: its band starts, then its band ends (int64 [2 * pieces],
-    relative to the input window), the band weights ([1, pieces, .., ..], as MatMul takes them
-    on `axis`), of which the pass uses its first `bands`, and, when the graph may keep fewer
-    outputs than its bands compute, that count (int64 [1])."""
+    """One axis's banded-pass operands: its band starts, then its band ends (int64
+    [2 * pieces], relative to the input window), the band weights ([1, pieces, .., ..], as
+    MatMul takes them for this axis), of which the axis uses its first `bands`, and, when the
+    graph may keep fewer outputs than its bands compute, that count (int64 [1]).
+
+    Whole tensors, split into bands by the pass itself: inside an If branch each outer value is
+    an implicit input with its own cost, so the branch reads two or three per axis, not one per
+    band.
+    """
 
     def __init__(
         self,
@@ -376,47 +375,24 @@ class _PassOperands:
         self.weights = weights
 
 
-def _in_pass_order(g: _Graph, pair: str, swap: str | None) -> str:
-    """An int64 [2] (h, w) pair, or [.., 2] pairs, in pass order: reversed when `swap` is true."""
-    if swap is None:
-        return pair
-    reverse = g.const([1, 0], np.int64, "reverse")
-    return g.op("Where", swap, g.op("Gather", pair, reverse, axis=-1), pair)
-
-
 def _pass_operands(
-    g: _Graph,
-    hw: str,
-    sizes: str,
-    window: tuple[str, str],
-    spec: PreprocessSpec,
-    swap: str | None,
-) -> tuple[tuple[str, str, str], _PassOperands, _PassOperands]:
-    """The operands of the two passes, the second (left MatMuls on axis 2) and then the first
-    (right MatMuls on axis 3): the (h, w) axes in that order, or reversed when `swap` (a bool
-    [1]) says so. Returns the input window the bands read (begin, end and their NHWC axes, in
-    pass order) and the two passes' operands (`_pass_weights`, cut per axis to its own span).
-    """
+    g: _Graph, hw: str, sizes: str, window: tuple[str, str], spec: PreprocessSpec
+) -> tuple[tuple[str, str], dict[int, _PassOperands]]:
+    """Both axes' weights (`_pass_weights`), cut per axis to its own span, and the input window
+    ([begin, end) per (H, W)) the bands read, band starts and ends relative to it."""
     lo, hi = window
-    bands = [-(-side // BAND) for side in spec.input_size]  # (h, w)
-    most = max(bands)
-    if swap is not None and bands[0] != bands[1]:
-        bands = [most, most]  # each position may get either axis: enough for both, cut after
-    geometry = _in_pass_order(
-        g, g.op("Reshape", g.op("Concat", hw, sizes, lo, axis=0), g.const([3, 2], np.int64)), swap
-    )
-    starts, spans, w = _pass_weights(g, geometry, most, spec)  # [2, most], [2, 1], ..
+    bands = {axis: -(-most // BAND) for axis, most in zip(_SPATIAL, spec.input_size, strict=True)}
+    most = max(bands.values())
+    starts, spans, w = _pass_weights(g, hw, sizes, lo, most, spec)  # [2, most], [2, 1], ..
     flat = g.const([-1], np.int64, "flat")
     ends = g.op("Add", starts, spans)
     # the input lines any band reads, per axis: from the first band's start to the last's end
     # (band starts never decrease)
     first = g.op("ReduceMin", starts, g.const([1], np.int64, "axis"), keepdims=1)  # [2, 1]
-    last = g.const([[bands[0] - 1], [bands[1] - 1]], np.int64, "last_band")
-    nhwc_axes = g.const([1, 2], np.int64, "window_axes")
+    last = g.const([[bands[2] - 1], [bands[3] - 1]], np.int64, "last_band")
     window = (
         g.op("Reshape", first, flat),
         g.op("Reshape", g.op("GatherElements", ends, last, axis=1), flat),
-        _in_pass_order(g, nhwc_axes, swap),
     )
     # per axis, relative to the window: its band starts, then its band ends ([2 * most])
     lines = g.op("Sub", g.op("Concat", starts, ends, axis=1), first)
@@ -425,16 +401,15 @@ def _pass_operands(
     weights_by_axis = g.split(w, 2)  # [1, most, BAND, S] each
     # every band computes BAND outputs; the crop window keeps fewer only when the crop size is
     # not a multiple of BAND or an axis may be padded (then the window is the resized extent)
-    exact = not _may_pad(spec) and spec.input_size == (bands[0] * BAND, bands[1] * BAND)
-    counts = [None, None] if exact else g.split(_in_pass_order(g, g.op("Sub", hi, lo), swap), 2)
+    exact = not _may_pad(spec) and all(side % BAND == 0 for side in spec.input_size)
+    counts = [None, None] if exact else g.split(g.op("Sub", hi, lo), 2)
     zero, last_axis = g.const([0], np.int64, "zero"), g.const([3], np.int64, "axis")
-    passes = []
-    for index, axis in enumerate(_SPATIAL):  # the second pass on axis 2, the first on axis 3
+    operands = {}
+    for index, axis in enumerate(_SPATIAL):
         w_i = g.op("Slice", weights_by_axis[index], zero, spans_by_axis[index], last_axis)
         lines_i, count_i = lines_by_axis[index], counts[index]
-        passes.append(_PassOperands(g, w_i, lines_i, axis, bands[index], most, count_i))
-    second, first_pass = passes
-    return window, first_pass, second
+        operands[axis] = _PassOperands(g, w_i, lines_i, axis, bands[axis], most, count_i)
+    return window, operands
 
 
 def _banded_pass(g: _Graph, x: str, operands: _PassOperands) -> str:
@@ -447,7 +422,7 @@ def _banded_pass(g: _Graph, x: str, operands: _PassOperands) -> str:
     """
     axis, n, pieces = operands.axis, operands.bands, operands.pieces
     along = g.const([axis], np.int64, "axis")
-    # a pass with fewer bands than the other (a non-square crop) leaves its last pieces unread
+    # an axis with fewer bands than the other (a non-square crop) leaves its last pieces unread
     lines = g.split(operands.lines, 2 * pieces)
     begins, ends = lines[:pieces], lines[pieces:]
     weights = g.split(operands.weights, pieces, axis=1)  # [1, 1, .., ..] each
@@ -462,22 +437,6 @@ def _banded_pass(g: _Graph, x: str, operands: _PassOperands) -> str:
     return _round_clip(g, y)
 
 
-def _transpose_if(
-    g: _Graph, swap: str | None, x: str, elem_type: int, perm: list[int], swapped: list[int]
-) -> str:
-    """x transposed by `perm`, or by `swapped` when `swap` is true: an If of one Transpose a
-    branch, the heavy work outside it (measured in the merged lite0 graph: an If around both
-    passes cost ~0.08 ms a run, these two ~0.005 ms)."""
-    if swap is None:
-        return x if perm == [0, 1, 2, 3] else g.op("Transpose", x, perm=perm)
-    branches = []
-    for name, order in (("swapped", swapped), ("in_order", perm)):
-        b = g.branch()
-        out = b.op("Transpose", x, perm=order) if order != [0, 1, 2, 3] else b.op("Identity", x)
-        branches.append(b.subgraph(name, out, elem_type))
-    return g.op("If", swap, then_branch=branches[0], else_branch=branches[1])
-
-
 def _pillow_resize(
     g: _Graph, hw: str, sizes: str, window: tuple[str, str], spec: PreprocessSpec
 ) -> str:
@@ -488,11 +447,7 @@ def _pillow_resize(
     content (noise, dithered palette images) cubic overshoot clipped between the passes moves
     results by up to ~25 levels, which one 2-D Resize cannot reproduce. Pillow >= 13 runs the
     vertical pass first when the height shrinks by more than twice as many pixels as the width
-    (array_impl.pass_order), so the order depends on the runtime size. The passes always run in
-    one order, right MatMuls on the last axis and then left MatMuls on the one before, and the
-    order is chosen by the layout: the image goes in as [N, C, H, W] for horizontal first, as
-    [N, C, W, H] (and the result comes back transposed) for vertical first, each axis's weights
-    following it; so only those two Transposes sit in If nodes, not the passes.
+    (array_impl.pass_order); the order depends on the runtime size, so an If node picks it.
     Each output row or column of a 1-D pass depends only on its own input line, so cropping the
     first pass's axis before the second pass is exact and spares the second pass the rows or
     columns the center crop throws away; the banded passes go further and compute only the
@@ -513,19 +468,36 @@ def _pillow_resize(
             **NEAREST_ATTRS,
         )
         return g.op("Slice", x, begin, end, g.const([2, 3], np.int64, "axes"))
-    swap = None
-    if _PILLOW_MAJOR >= 13:  # before 13, horizontal first always (array_impl.pass_order)
-        # vertical first iff dh > 0 and dh > 2 * dw, i.e. dh > max(0, 2 * dw), with dh, dw the
-        # pixels each side loses (If takes a one-element condition)
-        zero, two = g.const([0], np.int64, "zero"), g.const([2], np.int64, "two")
-        dh, dw = g.split(g.op("Sub", hw, sizes), 2)
-        swap = g.op("Greater", dh, g.op("Max", g.op("Mul", dw, two), zero), name=PASS_ORDER)
-    (lo, hi, axes), first, second = _pass_operands(g, hw, sizes, window, spec, swap)
-    x = _input_window(g, lo, hi, axes)
-    x = _transpose_if(g, swap, x, TensorProto.UINT8, [0, 3, 1, 2], [0, 3, 2, 1])
-    x = g.op("Cast", x, to=TensorProto.FLOAT)  # after the Transpose: a quarter of the bytes
-    x = _banded_pass(g, _banded_pass(g, x, first), second)
-    return _transpose_if(g, swap, x, TensorProto.FLOAT, [0, 1, 2, 3], [0, 1, 3, 2])
+    lines, operands = _pass_operands(g, hw, sizes, window, spec)
+    x = _to_float(g, _input_window(g, *lines))
+
+    def passes(b: _Graph, vertical_first: bool) -> str:
+        y = x
+        for axis in _SPATIAL if vertical_first else _SPATIAL[::-1]:
+            y = _banded_pass(b, y, operands[axis])
+        return y
+
+    if _PILLOW_MAJOR < 13:  # horizontal pass first, always (array_impl.pass_order)
+        return passes(g, vertical_first=False)
+    # vertical first iff dh > 0 and dh > 2 * dw, i.e. dh > max(0, 2 * dw), with dh, dw the
+    # pixels each side loses (If takes a one-element condition)
+    zero, two = g.const([0], np.int64, "zero"), g.const([2], np.int64, "two")
+    dh, dw = g.split(g.op("Sub", hw, sizes), 2)
+    cond = g.op("Greater", dh, g.op("Max", g.op("Mul", dw, two), zero))
+    branches = {}
+    for vertical_first in (True, False):
+        b = g.branch()
+        result = passes(b, vertical_first)
+        branches[vertical_first] = b.subgraph(
+            "vertical_first" if vertical_first else "horizontal_first", result
+        )
+    return g.op(
+        "If",
+        cond,
+        name="pillow_pass_order",
+        then_branch=branches[True],
+        else_branch=branches[False],
+    )
 
 
 def build_preprocess_model(
@@ -645,8 +617,8 @@ class _FixedPass:
 
 
 def _resample_pass(g: _Graph, x: str, plan: _FixedPass, axis: int) -> str:
-    """One Pillow 1-D pass over `axis` of an [N, C, .., ..] layout (2: left MatMuls, 3: right
-    MatMuls), on input already cut to `plan.lines`: the outputs the crop keeps, then round + clip.
+    """One Pillow 1-D pass over NCHW `axis` (2: H, 3: W), on input already cut to `plan.lines`:
+    the outputs the crop keeps, then round + clip.
 
     Pillow's weights are banded (a few taps per output), so a dense [in, out] MatMul spends
     almost all of its multiplications on zeros: here each BAND of outputs is one MatMul over
@@ -715,15 +687,10 @@ def build_separable_model(
     x = INPUT_NAME
     if lines != [(0, in_h), (0, in_w)]:
         x = _input_window(g, [lo for lo, _ in lines], [hi for _, hi in lines])
-    # as the baked graph does it (bit-identical to it): the first pass is right MatMuls on the
-    # last axis, the second left MatMuls on the one before; vertical first goes in transposed
-    if pass_order(in_h, in_w, out_h, out_w) == "hv":
-        x = _to_float(g, x)
-        x = _resample_pass(g, _resample_pass(g, x, plans[3], 3), plans[2], 2)
-    else:
-        x = g.op("Cast", g.op("Transpose", x, perm=[0, 3, 2, 1]), to=TensorProto.FLOAT)
-        x = _resample_pass(g, _resample_pass(g, x, plans[2], 3), plans[3], 2)
-        x = g.op("Transpose", x, perm=[0, 1, 3, 2])
+    x = _to_float(g, x)
+    order = (3, 2) if pass_order(in_h, in_w, out_h, out_w) == "hv" else (2, 3)
+    for axis in order:
+        x = _resample_pass(g, x, plans[axis], axis)
     pads = np.array([top, left, bottom, right]) if any(geo.pad) else None
     _pad_crop_normalise(g, x, spec, pads, None)
     return g.model(
