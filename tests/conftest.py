@@ -37,9 +37,14 @@ PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_pytest(args: tuple[str, ...], artifacts: Path, timeout: int = 900):
-    """Run pytest on this repository in a subprocess with its own artifact dir."""
+def run_pytest(
+    args: tuple[str, ...], artifacts: Path, timeout: int = 900, plugins: Path | None = None
+):
+    """Run pytest on this repository in a subprocess with its own artifact dir (and `plugins`,
+    a folder of modules to load with -p, on its path)."""
     env = {**os.environ, "SUPERCHARGE_ARTIFACT_DIR": str(artifacts)}
+    if plugins is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugins), env.get("PYTHONPATH")]))
     return subprocess.run(
         [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", *args],
         cwd=ROOT,
@@ -54,8 +59,8 @@ def run_pytest(args: tuple[str, ...], artifacts: Path, timeout: int = 900):
 def pytester_run(tmp_path):
     """Run pytest on this repository in a subprocess (own artifact dir); returns the result."""
 
-    def run(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-        return run_pytest(args, tmp_path / "artifacts", timeout)
+    def run(*args: str, timeout: int = 900, plugins: Path | None = None):
+        return run_pytest(args, tmp_path / "artifacts", timeout, plugins)
 
     return run
 

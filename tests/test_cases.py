@@ -123,3 +123,66 @@ def test_setup_errors_are_one_line(pytester_run, tmp_path):
     block = result.stdout.split("ERROR at setup of", 1)[1].split("short test summary")[0]
     body = [line for line in block.splitlines()[1:] if line.strip() and not line.startswith("=")]
     assert len(body) == 1 and body[0].startswith(f"artifact dir {blocker} cannot be created")
+
+
+def test_batch_sizes_no_machine_could_hold_are_refused_up_front(monkeypatch):
+    """A batch of N images needs at least N 224x224 RGB images of memory; more than the RAM is
+    refused when the options are read, with the largest batch that could fit at all."""
+    monkeypatch.setattr(cases, "physical_memory", lambda: 2**30)  # a 1 GiB machine
+    most = 2**30 // cases.MIN_IMAGE_BYTES
+    assert cases.parse_batch_sizes(f"1,{most}") == (1, most)
+    with pytest.raises(
+        SuperchargeError, match=rf"--batch-sizes {most + 1}: .* has 1 GiB: use at most {most} "
+    ):
+        cases.parse_batch_sizes(f"1,{most + 1}")
+    monkeypatch.setattr(cases, "physical_memory", lambda: None)  # an OS that does not say
+    assert cases.parse_batch_sizes("99999999") == (99999999,)
+
+
+def test_an_impossible_batch_size_is_a_usage_error(pytester_run):
+    result = pytester_run("perf", "--batch-sizes", "1,99999999999", "--collect-only")
+    assert result.returncode == 4
+    assert result.stderr.startswith("ERROR: --batch-sizes 99999999999: that many images alone")
+
+
+def test_a_batch_that_runs_out_of_memory_while_warming_up_is_one_line(pytester_run, tmp_path):
+    """Allocation failures (numpy's MemoryError, ORT's and torch's RuntimeErrors) while a
+    pipeline warms up at every batch size fail the case with one line naming the batch sizes."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "no_memory.py").write_text(
+        "import supercharge.pipeline\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise MemoryError('Unable to allocate 13.7 TiB for an array with shape (99999999,)')\n"
+        "supercharge.pipeline.build_pipeline = refuse\n"
+    )
+    result = pytester_run(
+        "perf", "-p", "no_memory", "--weights", "random", "--backends", "ort-cpu",
+        "--preprocess", "baked", "--precisions", "fp32", "--batch-sizes", "1,2",
+        "-k", "end_to_end", plugins=plugins,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout
+    failures = result.stdout.split("= FAILURES =", 1)[1].split("= warnings summary")[0]
+    lines = [line for line in failures.splitlines()[1:] if line.strip(" =")]
+    line = (
+        "ort-cpu-baked-fp32: --batch-sizes 1,2 does not fit in this machine's memory (Unable to"
+        " allocate 13.7 TiB for an array with shape (99999999,)): use smaller ones"
+    )
+    assert [line for line in lines if not line.startswith("_")] == [line, line], lines  # bs1, bs2
+
+
+def test_allocation_failures_are_told_from_bugs():
+    from supercharge.errors import out_of_memory
+
+    assert out_of_memory(MemoryError())
+    assert out_of_memory(
+        RuntimeError(
+            "[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer of size 1"
+        )
+    )
+    assert out_of_memory(
+        RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 1 bytes")
+    )
+    assert out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not out_of_memory(RuntimeError("shape mismatch"))
+    assert not out_of_memory(ValueError("out of memory"))  # not how any runtime says it

@@ -219,3 +219,29 @@ def test_ctrl_c_is_one_line_and_exit_130(run_cli, monkeypatch):
     monkeypatch.setitem(supercharge.cli.COMMANDS, "export", interrupted)
     code, _, err = run_cli("export")
     assert code == 130 and err.strip() == "supercharge: export interrupted"
+
+
+def test_running_out_of_memory_is_one_line_and_other_errors_stay_bugs(run_cli, monkeypatch, coffee):
+    """predict runs every image in one batch: an allocation failure there is the user's batch
+    being too large (one line, exit 2); any other exception is a bug and keeps its traceback."""
+    import supercharge.cli
+
+    def no_memory(args):
+        raise RuntimeError(
+            "[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer"
+        )
+
+    monkeypatch.setitem(supercharge.cli.COMMANDS, "predict", no_memory)
+    code, out, err = run_cli("predict", coffee)
+    assert code == 2 and out == ""
+    assert err.strip() == (
+        "supercharge: error: predict does not fit in this machine's memory ([ONNXRuntimeError] :"
+        " 6 : Failed to allocate memory for requested buffer): pass fewer images at once"
+    )
+
+    def bug(args):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setitem(supercharge.cli.COMMANDS, "predict", bug)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_cli("predict", coffee)

@@ -7,6 +7,7 @@ decided from the backend registry (runners.base.BACKENDS), never typed per case.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -131,7 +132,27 @@ def parse_batch_sizes(text: str | None) -> tuple[int, ...]:
         raise SuperchargeError(
             f"--batch-sizes {text!r} is not a list of positive integers: use e.g. --batch-sizes 1,8"
         )
+    most = max(sizes)
+    ram = physical_memory()
+    if ram is not None and most * MIN_IMAGE_BYTES > ram:
+        need = most * MIN_IMAGE_BYTES / 2**30
+        raise SuperchargeError(
+            f"--batch-sizes {most}: that many images alone need {need:.0f} GiB, this machine has"
+            f" {ram / 2**30:.0f} GiB: use at most {ram // MIN_IMAGE_BYTES} (and far fewer for"
+            " the model's activations)"
+        )
     return tuple(dict.fromkeys(sizes))
+
+
+MIN_IMAGE_BYTES = 224 * 224 * 3  # a batch holds at least one 224x224 uint8 RGB image per item
+
+
+def physical_memory() -> int | None:
+    """Bytes of RAM, where the OS says (POSIX sysconf); None elsewhere."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def _checked(what: str, chosen: Iterable[str] | None, known: Sequence[str]) -> tuple[str, ...]:

@@ -323,6 +323,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # the cache removes its partial build; no traceback to read
         print(f"supercharge: {args.command} interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # e.g. predict's one batch of every image, too large to hold
+        from supercharge.errors import memory_error, out_of_memory
+
+        if not out_of_memory(exc):
+            raise
+        advice = "pass fewer images at once" if args.command == "predict" else "free memory"
+        print(f"supercharge: error: {memory_error(args.command, exc, advice)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

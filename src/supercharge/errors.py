@@ -36,3 +36,22 @@ class ExportCheckError(SuperchargeError):
 
 class ArtifactError(SuperchargeError):
     """The artifact cache cannot be used (unwritable directory, bad manifest)."""
+
+
+# How each runtime says an allocation failed: numpy raises MemoryError; ONNX Runtime, torch
+# (CPU and CUDA) and cupy raise RuntimeError subclasses with these words.
+_OUT_OF_MEMORY = ("Failed to allocate memory", "not enough memory", "out of memory", "OutOfMemory")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is an allocation failure (a batch too large for the machine), not a bug."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = f"{type(exc).__name__} {exc}"
+    return isinstance(exc, RuntimeError) and any(words in text for words in _OUT_OF_MEMORY)
+
+
+def memory_error(what: str, exc: BaseException, advice: str) -> SuperchargeError:
+    """The one line for an allocation failure while `what` (names the batch) ran."""
+    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+    return SuperchargeError(f"{what} does not fit in this machine's memory ({detail}): {advice}")

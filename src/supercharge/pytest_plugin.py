@@ -325,6 +325,7 @@ def pipeline_for(
     is taken at session end).
     A backend that must know its largest batch up front (TensorRT's profile: `max_batch`) is
     told the accuracy gates' batch of every fixture image too."""
+    from supercharge.errors import memory_error, out_of_memory
     from supercharge.pace import Pace, measure
     from supercharge.pipeline import build_pipeline
     from supercharge.runners.base import largest_batch_options
@@ -355,6 +356,13 @@ def pipeline_for(
                 )
             except SuperchargeError as exc:
                 _user_error(exc)
+            except Exception as exc:  # the warm-ups run every batch size: too large shows here
+                if not out_of_memory(exc):
+                    raise
+                sizes = ",".join(map(str, batch_sizes))
+                _user_error(
+                    memory_error(f"{combo.id}: --batch-sizes {sizes}", exc, "use smaller ones")
+                )
         return store[combo]
 
     yield get
