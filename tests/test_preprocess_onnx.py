@@ -294,6 +294,31 @@ def test_baked_geometry_matches_timm_for_many_sizes(name):
 ORDER_SIZES = [(1571, 292), (2000, 300), (300, 400), (292, 1571), (200, 150), (88, 88)]
 
 
+def _with_pass_order(model: onnx.ModelProto, vertical_first: bool) -> onnx.ModelProto:
+    """A copy of the baked graph whose pass-order If takes a constant condition."""
+    forced = onnx.ModelProto()
+    forced.CopyFrom(model)
+    (node,) = [n for n in forced.graph.node if n.op_type == "If"]
+    name = "forced_pass_order"
+    forced.graph.initializer.append(onnx.numpy_helper.from_array(np.array([vertical_first]), name))
+    node.input[0] = name
+    return forced
+
+
+@pytest.mark.parametrize("name", [DEFAULT, SQUASH, PADDED])
+def test_both_pass_order_branches_end_in_the_same_shape(name):
+    """TensorRT's If needs both branches' outputs the same shape unless the condition is a
+    build-time constant: on a non-square image, either order forced gives the crop's shape."""
+    spec = spec_of(name)
+    model = build_preprocess_model(spec)
+    x = np.random.default_rng(2).integers(0, 256, (1, 300, 520, 3), dtype=np.uint8)
+    shapes = {
+        session(_with_pass_order(model, order)).run([OUTPUT_NAME], {INPUT_NAME: x})[0].shape
+        for order in (True, False)
+    }
+    assert shapes == {(1, 3, *spec.input_size)}
+
+
 @pytest.mark.parametrize("name", [DEFAULT, BILINEAR, SQUASH])
 def test_baked_graph_follows_pillows_pass_order_on_noise(name):
     """Uniform noise, both pass orders: within 2 levels, mean <= 0.05 (measured: max 2, mean
