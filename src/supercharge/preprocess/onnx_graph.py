@@ -320,10 +320,10 @@ def _pass_weights(
     # normalised by the sum (never 0 for an output inside the image; outputs past it are cut)
     total = g.op("Max", g.op("ReduceSum", w, i64([3]), keepdims=1), f([np.finfo(float).tiny]))
     w = g.op("Mul", g.op("Div", w, total), f([pil_resample.ONE]))
-    # normalize_coeffs_8bpc: (int)(w * ONE +- 0.5), the cast truncating toward zero as C does
-    w = g.op("Add", w, g.op("Mul", g.op("Sign", w), f([0.5])))
-    w = g.op("Cast", g.op("Cast", w, to=TensorProto.INT32), to=TensorProto.FLOAT)
-    w = g.op("Mul", w, g.const([1.0 / pil_resample.ONE], np.float32, "pass"))
+    # normalize_coeffs_8bpc: (int)(w * ONE +- 0.5), C truncating toward zero; as sign * floor(
+    # |w| + 0.5), since ONNX leaves Cast's rounding from float to int unspecified (onnx#3876)
+    w = g.op("Mul", g.op("Sign", w), g.op("Floor", g.op("Add", g.op("Abs", w), f([0.5]))))
+    w = g.op("Cast", g.op("Div", w, f([pil_resample.ONE])), to=TensorProto.FLOAT)
     # the bands: the input span each band's outputs touch, as long as the axis's longest
     start = g.op("ReduceMin", xmin, i64([2]), keepdims=1)  # [2, bands, 1, 1]
     end = g.op("ReduceMax", xmax, i64([2]), keepdims=1)
