@@ -223,20 +223,22 @@ def test_ctrl_c_is_one_line_and_exit_130(run_cli, monkeypatch):
 
 def test_running_out_of_memory_is_one_line_and_other_errors_stay_bugs(run_cli, monkeypatch, coffee):
     """predict runs every image in one batch: an allocation failure there is the user's batch
-    being too large (one line, exit 2); any other exception is a bug and keeps its traceback."""
+    being too large (one line naming it, exit 2); any other exception is a bug and keeps its
+    traceback."""
+    from tests.test_errors import ort_allocation_failure
+
     import supercharge.cli
 
     def no_memory(args):
-        raise RuntimeError(
-            "[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer"
-        )
+        ort_allocation_failure()
 
     monkeypatch.setitem(supercharge.cli.COMMANDS, "predict", no_memory)
-    code, out, err = run_cli("predict", coffee)
+    code, out, err = run_cli("predict", coffee, coffee)
     assert code == 2 and out == ""
     assert err.strip() == (
-        "supercharge: error: predict does not fit in this machine's memory ([ONNXRuntimeError] :"
-        " 6 : Failed to allocate memory for requested buffer): pass fewer images at once"
+        "supercharge: error: predict of 2 images in one batch does not fit in this machine's"
+        " memory (Failed to allocate memory for requested buffer of size 17592186044416): pass"
+        " fewer"
     )
 
     def bug(args):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -147,3 +148,65 @@ def test_a_pyproject_tool_entry_that_is_not_a_table_is_one_line(run_cli, tmp_pat
     code, _, err = run_cli("gate", run, "--floors", bad)
     assert code == 2
     assert "`supercharge` is not a table (int): make it [tool.supercharge.speedup_floors]" in err
+
+
+def ort_allocation_failure() -> None:
+    """ONNX Runtime failing to allocate 16 TiB (at once: nothing is touched), as it raises it."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0])
+    node = helper.make_node("ConstantOfShape", ["shape"], ["y"], value=value)
+    graph = helper.make_graph(
+        [node],
+        "huge",
+        [helper.make_tensor_value_info("shape", TensorProto.INT64, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9
+    options = ort.SessionOptions()
+    options.log_severity_level = 4  # its own error log would only repeat the exception
+    session = ort.InferenceSession(model.SerializeToString(), options, ["CPUExecutionProvider"])
+    session.run(None, {"shape": np.array([2**42], np.int64)})
+
+
+def _raised(fn) -> BaseException:
+    try:
+        fn()
+    except BaseException as exc:  # what it raised is what is tested
+        return exc
+    raise AssertionError(f"{fn} raised nothing")
+
+
+def test_real_allocation_failures_are_told_from_bugs():
+    """The runtimes' own out-of-memory exceptions, provoked for real (16-512 TiB, refused at
+    once): numpy's MemoryError, ONNX Runtime's Fail (not a RuntimeError), torch's RuntimeError;
+    each becomes one line quoting what could not be allocated. Other errors are bugs."""
+    import torch
+
+    from supercharge.errors import memory_error, out_of_memory
+
+    failures = {
+        "numpy": _raised(lambda: np.empty(2**46)),
+        "onnxruntime": _raised(ort_allocation_failure),
+        "torch": _raised(lambda: torch.empty(2**42)),
+    }
+    assert not isinstance(failures["onnxruntime"], RuntimeError)
+    said = {
+        name: str(memory_error("predict of 2 images", exc, "pass fewer"))
+        for name, exc in failures.items()
+        if out_of_memory(exc)
+    }
+    assert said == {
+        "numpy": "predict of 2 images does not fit in this machine's memory (Unable to allocate"
+        " 512. TiB for an array with shape (70368744177664,) and data type float64): pass fewer",
+        "onnxruntime": "predict of 2 images does not fit in this machine's memory (Failed to"
+        " allocate memory for requested buffer of size 17592186044416): pass fewer",
+        "torch": "predict of 2 images does not fit in this machine's memory (can't allocate"
+        " memory: you tried to allocate 17592186044416 bytes. Error code 12 (Cannot allocate"
+        " memory)): pass fewer",
+    }
+    assert not out_of_memory(RuntimeError("shape mismatch"))
+    assert not out_of_memory(_raised(lambda: torch.zeros(2) @ torch.zeros(3)))
+    assert not out_of_memory(ValueError("out of memory"))  # not how any runtime says it

@@ -305,6 +305,22 @@ def _with_pass_order(model: onnx.ModelProto, vertical_first: bool) -> onnx.Model
     return forced
 
 
+@pytest.mark.parametrize("name", [PADDED, BORDER])
+def test_the_weights_stay_finite_for_outputs_past_the_image(name):
+    """A padded axis's bands run past the resized image (those outputs are cut after the
+    MatMuls); their filter sums can be 0 or negative, and the weights must stay finite anyway
+    (inf there turns the cut rows into NaN inside the graph)."""
+    model = build_preprocess_model(spec_of(name))
+    (scatter,) = [n for n in model.graph.node if n.op_type == "ScatterElements"]
+    weights = onnx.helper.make_tensor_value_info(scatter.output[0], onnx.TensorProto.FLOAT, None)
+    model.graph.output.append(weights)
+    sess = session(model)
+    for h, w in [(500, 37), (37, 500), (300, 520)]:
+        x = np.zeros((1, h, w, 3), dtype=np.uint8)
+        got = sess.run([scatter.output[0]], {INPUT_NAME: x})[0]
+        assert np.isfinite(got).all(), (name, h, w)
+
+
 @pytest.mark.parametrize("name", [DEFAULT, SQUASH, PADDED])
 def test_both_pass_order_branches_end_in_the_same_shape(name):
     """TensorRT's If needs both branches' outputs the same shape unless the condition is a

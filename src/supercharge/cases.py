@@ -137,8 +137,8 @@ def parse_batch_sizes(text: str | None) -> tuple[int, ...]:
     if ram is not None and most * MIN_IMAGE_BYTES > ram:
         need = most * MIN_IMAGE_BYTES / 2**30
         raise SuperchargeError(
-            f"--batch-sizes {most}: that many images alone need {need:.0f} GiB, this machine has"
-            f" {ram / 2**30:.0f} GiB: use at most {ram // MIN_IMAGE_BYTES} (and far fewer for"
+            f"--batch-sizes {most}: that many images alone need {need:.1f} GiB, this machine has"
+            f" {ram / 2**30:.1f} GiB: use at most {ram // MIN_IMAGE_BYTES} (and far fewer for"
             " the model's activations)"
         )
     return tuple(dict.fromkeys(sizes))
@@ -148,11 +148,12 @@ MIN_IMAGE_BYTES = 224 * 224 * 3  # a batch holds at least one 224x224 uint8 RGB 
 
 
 def physical_memory() -> int | None:
-    """Bytes of RAM, where the OS says (POSIX sysconf); None elsewhere."""
+    """Bytes of RAM, where the OS says (POSIX sysconf); None elsewhere or when indeterminate."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, OSError, ValueError):
         return None
+    return page * pages if page > 0 and pages > 0 else None  # -1 means "indeterminate"
 
 
 def _checked(what: str, chosen: Iterable[str] | None, known: Sequence[str]) -> tuple[str, ...]:

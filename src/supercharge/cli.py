@@ -328,8 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not out_of_memory(exc):
             raise
-        advice = "pass fewer images at once" if args.command == "predict" else "free memory"
-        print(f"supercharge: error: {memory_error(args.command, exc, advice)}", file=sys.stderr)
+        if args.command == "predict":
+            what, advice = f"predict of {len(args.images)} images in one batch", "pass fewer"
+        else:
+            what, advice = f"{args.command} of {args.model}", "free memory or use a larger machine"
+        print(f"supercharge: error: {memory_error(what, exc, advice)}", file=sys.stderr)
         return 2
 
 

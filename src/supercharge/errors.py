@@ -38,20 +38,32 @@ class ArtifactError(SuperchargeError):
     """The artifact cache cannot be used (unwritable directory, bad manifest)."""
 
 
-# How each runtime says an allocation failed: numpy raises MemoryError; ONNX Runtime, torch
-# (CPU and CUDA) and cupy raise RuntimeError subclasses with these words.
-_OUT_OF_MEMORY = ("Failed to allocate memory", "not enough memory", "out of memory", "OutOfMemory")
+# How the runtimes say an allocation failed, beside numpy's and cupy's MemoryError: ONNX Runtime
+# raises its own Exception subclasses (not RuntimeError), torch RuntimeErrors (OutOfMemoryError
+# on CUDA). Checked against real failures in tests/test_errors.py.
+_OUT_OF_MEMORY = (
+    "Failed to allocate memory",  # ONNX Runtime's arena
+    "can't allocate memory",  # torch's CPU allocator
+    "not enough memory",
+    "out of memory",  # CUDA, through torch or ONNX Runtime
+)
+_RUNTIMES = ("onnxruntime", "torch")
 
 
 def out_of_memory(exc: BaseException) -> bool:
     """Whether `exc` is an allocation failure (a batch too large for the machine), not a bug."""
     if isinstance(exc, MemoryError):
         return True
-    text = f"{type(exc).__name__} {exc}"
-    return isinstance(exc, RuntimeError) and any(words in text for words in _OUT_OF_MEMORY)
+    from_runtime = isinstance(exc, RuntimeError) or type(exc).__module__.split(".")[0] in _RUNTIMES
+    return from_runtime and any(words in str(exc) for words in _OUT_OF_MEMORY)
 
 
 def memory_error(what: str, exc: BaseException, advice: str) -> SuperchargeError:
-    """The one line for an allocation failure while `what` (names the batch) ran."""
-    detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-    return SuperchargeError(f"{what} does not fit in this machine's memory ({detail}): {advice}")
+    """The one line for an allocation failure while `what` (names the batch) ran: the failure's
+    own words from where it says what it could not allocate (ORT's start with a source path)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    found = [text.find(words) for words in _OUT_OF_MEMORY if words in text]
+    detail = text[min(found) :] if found else text
+    return SuperchargeError(
+        f"{what} does not fit in this machine's memory ({detail[:120]}): {advice}"
+    )

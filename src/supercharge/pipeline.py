@@ -90,7 +90,20 @@ def make_feed(
             return lambda images: [array_pre([np.asarray(im) for im in images])]
         return lambda images: [_host(array_pre([np.asarray(im) for im in images]))]
     if preprocess in ("baked", "separable"):
-        return lambda images: same_size_batches([np.asarray(im) for im in images])
+        spec = PreprocessSpec.from_data_config(data_config)
+        sizes_seen: set[tuple[int, int]] = set()
+
+        def checked(batches: list[np.ndarray]) -> list[np.ndarray]:
+            # the graph computes the geometry itself and would fail deep inside on a size timm's
+            # transform refuses too: say so once per image size, off the steady-state path
+            for batch in batches:
+                size = batch.shape[1:3]
+                if size not in sizes_seen:
+                    spec.resized_size(*size)  # raises SuperchargeError with the sizes
+                    sizes_seen.add(size)
+            return batches
+
+        return lambda images: checked(same_size_batches([np.asarray(im) for im in images]))
     if preprocess == "seed":
         return lambda images: [
             b.astype(np.float32).transpose(0, 3, 1, 2)

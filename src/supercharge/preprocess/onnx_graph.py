@@ -317,8 +317,10 @@ def _pass_weights(
     pos = g.op("Add", xmin, taps)  # [2, bands, BAND, K]
     x = g.op("Div", g.op("Add", g.op("Sub", pos, center), f([0.5])), filterscale)
     w = g.op("Where", g.op("Less", pos, xmax), _filter(g, x, spec.interpolation), f([0.0]))
-    # normalised by the sum (never 0 for an output inside the image; outputs past it are cut)
-    total = g.op("Max", g.op("ReduceSum", w, i64([3]), keepdims=1), f([np.finfo(float).tiny]))
+    # normalised by the sum: >= 0.5 for an output inside the image; outputs past its edge (cut
+    # after the MatMuls) can sum to 0 or below, so they divide by 1 and stay finite
+    total = g.op("ReduceSum", w, i64([3]), keepdims=1)
+    total = g.op("Where", g.op("Greater", total, f([0.0])), total, f([1.0]))
     w = g.op("Mul", g.op("Div", w, total), f([pil_resample.ONE]))
     # normalize_coeffs_8bpc: (int)(w * ONE +- 0.5), C truncating toward zero; as sign * floor(
     # |w| + 0.5), since ONNX leaves Cast's rounding from float to int unspecified (onnx#3876)

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from supercharge.errors import SuperchargeError
+
 CROP_MODES = ("center", "squash", "border")
 DEFAULT_CROP_PCT = 0.875  # timm's DEFAULT_CROP_PCT, used only when the config has none
 
@@ -78,17 +80,25 @@ class PreprocessSpec:
         return tuple(round(255 * m) for m in self.mean)  # type: ignore[return-value]
 
     def resized_size(self, h: int, w: int) -> tuple[int, int]:
-        """(h, w) the resize step produces for an h x w image."""
+        """(h, w) the resize step produces for an h x w image; a side that rounds to 0 (a thin
+        strip keeping its aspect ratio) is an error, as it is for timm's own transform."""
         sh, sw = self.scale_size
         if self.crop_mode == "squash":
             return sh, sw
         if self.crop_mode == "border":
-            return _keep_ratio(h, w, sh, sw, longest=1.0)
-        if sh == sw:  # torchvision Resize(int): shorter side to sh
+            size = _keep_ratio(h, w, sh, sw, longest=1.0)
+        elif sh == sw:  # torchvision Resize(int): shorter side to sh
             short, long = (w, h) if w <= h else (h, w)
             new_short, new_long = sh, int(sh * long / short)
-            return (new_long, new_short) if w <= h else (new_short, new_long)
-        return _keep_ratio(h, w, sh, sw, longest=0.0)
+            size = (new_long, new_short) if w <= h else (new_short, new_long)
+        else:
+            size = _keep_ratio(h, w, sh, sw, longest=0.0)
+        if min(size) < 1:
+            raise SuperchargeError(
+                f"a {h}x{w} image resizes to {size[0]}x{size[1]} ({self.crop_mode} mode, scale "
+                f"{sh}x{sw}): too thin to resize, timm's transform fails on it too; crop it first"
+            )
+        return size
 
     def geometry(self, h: int, w: int) -> Geometry:
         """The full resize + (pad) + crop plan for an h x w image."""
