@@ -39,11 +39,11 @@ BORDER_CONFIG = {  # timm's border crop mode: keep the ratio, fit the longest si
 }
 
 
-@pytest.mark.parametrize("preprocess", ["baked", "separable", "numpy"])
+@pytest.mark.parametrize("preprocess", ["baked", "separable", "numpy", "timm"])
 def test_an_image_too_thin_to_resize_is_one_line_before_any_runtime_sees_it(preprocess):
-    """A 1x2000 strip fitted into 96 px keeps a 0 px side; timm's transform fails on it too.
-    The in-graph preprocessing would fail deep inside ONNX Runtime (a Range of inf elements);
-    each feed says so first, naming the sizes."""
+    """A 1x2000 strip fitted into 96 px keeps a 0 px side; timm's transform fails on it too
+    (PIL's ValueError). The in-graph preprocessing would fail deep inside ONNX Runtime (a Range
+    of inf elements); each feed says it in one line naming the sizes, timm's included."""
     from PIL import Image
 
     from supercharge.errors import SuperchargeError

@@ -24,11 +24,19 @@ class TimmPreprocess:
     def __init__(self, data_config: Mapping[str, Any]) -> None:
         import torch
 
+        from supercharge.preprocess.spec import PreprocessSpec
+
         self._torch = torch
         self.transform = timm_transform(data_config)
+        self._spec = PreprocessSpec.from_data_config(data_config)
 
     def __call__(self, images: Sequence[Image.Image]) -> np.ndarray:
-        return self._torch.stack([self.transform(im) for im in images]).numpy()
+        try:
+            return self._torch.stack([self.transform(im) for im in images]).numpy()
+        except ValueError:  # PIL refuses a 0 px side: say which image size, as the other paths do
+            for im in images:
+                self._spec.resized_size(im.height, im.width)
+            raise
 
 
 def timm_batch(images: Sequence[Image.Image], data_config: Mapping[str, Any]) -> np.ndarray:
