@@ -383,3 +383,10 @@ def test_a_read_only_cache_serves_its_artifacts_and_refuses_only_a_build(tmp_pat
     message = str(info.value)
     assert "\n" not in message and f"artifact dir {tmp_path} is read-only" in message
     assert "holds no valid test-kind thing" in message and builder.calls == 1
+
+
+def test_an_artifact_dir_that_is_a_file_says_so(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ArtifactError, match=f"artifact dir {blocker} is a file, not a folder: "):
+        ArtifactCache(blocker)

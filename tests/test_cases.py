@@ -122,7 +122,7 @@ def test_setup_errors_are_one_line(pytester_run, tmp_path):
     assert result.returncode == 1
     block = result.stdout.split("ERROR at setup of", 1)[1].split("short test summary")[0]
     body = [line for line in block.splitlines()[1:] if line.strip() and not line.startswith("=")]
-    assert len(body) == 1 and body[0].startswith(f"artifact dir {blocker} cannot be created")
+    assert len(body) == 1 and body[0].startswith(f"artifact dir {blocker} is a file, not a folder")
 
 
 def test_batch_sizes_no_machine_could_hold_are_refused_up_front(monkeypatch):

@@ -239,6 +239,32 @@ def test_gate_cli_floors_default_to_the_nearest_pyproject(tmp_path, run_cli, mon
     assert code == 1 and f"below-target {MODEL}-ort-cpu-baked-fp32-bs1" in out
 
 
+def test_gate_cli_refuses_to_pass_a_run_whose_floors_judged_nothing(tmp_path, run_cli):
+    """Only file floors (which may name other models) and no case matching any: a run whose
+    every case was skipped, or another project's run, would pass with "0 failing of 0"."""
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[tool.supercharge.speedup_floors]\n"ort-cpu-baked-fp32-bs1" = 4\n')
+    empty, other = tmp_path / "empty.json", tmp_path / "other.json"
+    empty.write_text(json.dumps({"benchmarks": []}))
+    other.write_text(json.dumps(with_paired(run(0.040, 0.010), 3.1)))
+    pyproject_other = tmp_path / "other.toml"
+    pyproject_other.write_text('[tool.supercharge.speedup_floors]\n"resnet50-*" = 2\n')
+    for path, floors in ((empty, pyproject), (other, pyproject_other)):
+        code, out, err = run_cli("gate", path, "--floors", floors)
+        assert code == 2 and out == "" and err.count("\n") == 1, (out, err)
+        assert f"{path}: no end-to-end case with a speedup matches any floor of {floors}" in err
+        assert "nothing was judged" in err
+
+
+def test_gate_cli_names_the_runs_when_given_too_many(tmp_path, run_cli):
+    paths = [tmp_path / f"{n}_main.json" for n in ("0001", "0002")] + [tmp_path / "0003_pr.json"]
+    for path in paths:
+        path.write_text(json.dumps(run(0.040, 0.010)))
+    code, out, err = run_cli("gate", *paths)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"gate got 3 runs ({paths[0]}, {paths[1]}, {paths[2]}): give one BASELINE" in err
+
+
 ORT = f"test_end_to_end[{MODEL}-ort-cpu-baked-fp32-bs1]"
 
 

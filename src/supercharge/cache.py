@@ -147,6 +147,11 @@ class ArtifactCache:
     def __init__(self, root: str | Path | None = None, log: Callable[[str], None] | None = None):
         self.root = Path(root).expanduser() if root is not None else default_root()
         self._log = log or (lambda msg: print(f"[supercharge] {msg}", file=sys.stderr, flush=True))
+        if self.root.exists() and not self.root.is_dir():
+            raise ArtifactError(
+                f"artifact dir {self.root} is a file, not a folder: pass --artifact-dir or set "
+                f"{ENV_VAR} to a folder"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -175,7 +180,8 @@ class ArtifactCache:
         if self.read_only:
             raise ArtifactError(
                 f"artifact dir {self.root} is read-only and holds no valid {spec.kind} "
-                f"{spec.name}: build it where the cache is writable (supercharge export), "
+                f"{spec.name}: build it where the cache is writable (supercharge export; "
+                "--image-size HxW for a separable graph), "
                 f"or pass --artifact-dir or set {ENV_VAR} to a writable directory"
             )
         final = self.path_for(spec)

@@ -103,7 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--min-speedup floors (then BASELINE may be left out). Exit 0: all good; 1: a case "
         "regressed, fell below its floor or is missing; 2: bad input.",
     )
-    ga.add_argument("runs", type=Path, nargs="+", metavar="[BASELINE] CURRENT")
+    ga.add_argument(
+        "runs",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="[BASELINE] CURRENT: one or two pytest-benchmark JSON files or folders",
+    )
     ga.add_argument(
         "--min-speedup",
         action="append",
@@ -254,12 +260,30 @@ def cmd_gate(args: argparse.Namespace) -> int:
 
     targets = [SpeedupFloor.parse(text) for text in args.min_speedup]
     from_file = [] if args.floors is None else _file_floors(args.floors)
-    if len(args.runs) > 2 or (len(args.runs) == 1 and not (targets or from_file)):
+    if len(args.runs) > 2:
+        names = ", ".join(str(run) for run in args.runs)
         raise SuperchargeError(
-            f"gate got {len(args.runs)} run(s): give BASELINE and CURRENT, or CURRENT alone "
+            f"gate got {len(args.runs)} runs ({names}): give one BASELINE and one CURRENT (a "
+            "glob over saved runs matches every one saved: name the files, or pass a folder "
+            "for its newest)"
+        )
+    if len(args.runs) == 1 and not (targets or from_file):
+        raise SuperchargeError(
+            f"gate got 1 run ({args.runs[0]}): give BASELINE and CURRENT, or CURRENT alone "
             "with --min-speedup or --floors"
         )
     current = gate.load_run(args.runs[-1])
+    floors = gate.floor_verdicts(current, targets) + gate.floor_verdicts(
+        current, from_file, required=False
+    )
+    held = sum(v.status in ("ok", "below-target", "unmatched") for v in floors)
+    if len(args.runs) == 1 and not held:  # only file floors, none of which any case matched
+        raise SuperchargeError(
+            f"{current['_path']}: no end-to-end case with a speedup matches any floor of "
+            f"{args.floors or 'the nearest pyproject.toml'} ({len(current['benchmarks'])} "
+            "benchmarks): nothing was judged; gate a run of the models the floors name, or use "
+            "--min-speedup"
+        )
     failing = {"regressed", "below-target", "unmatched"} | (
         set() if args.allow_missing else {"missing"}
     )
@@ -277,9 +301,6 @@ def cmd_gate(args: argparse.Namespace) -> int:
         compared = sum(v.status in ("ok", "regressed") for v in verdicts)
     else:
         print(f"current  {current['_path']}")
-    floors = gate.floor_verdicts(current, targets) + gate.floor_verdicts(
-        current, from_file, required=False
-    )
     for note in gate.pace_notes(current, baseline):
         print(note)
     for verdict in verdicts + floors:
@@ -288,7 +309,6 @@ def cmd_gate(args: argparse.Namespace) -> int:
     summary = []
     if len(args.runs) == 2:
         summary.append(f"{compared} compared (max slowdown {args.max_slowdown:g}%)")
-    held = sum(v.status in ("ok", "below-target", "unmatched") for v in floors)
     if targets or from_file:
         summary.append(f"{held} held to speedup floors")
     print(f"{len(bad)} failing of {' and '.join(summary)}")

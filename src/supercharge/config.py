@@ -41,7 +41,9 @@ def read_toml(path: Path, what: str) -> dict[str, Any] | None:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except (OSError, ValueError) as exc:
-        raise SuperchargeError(f"cannot read {what} from {path}: {exc}") from None
+        raise SuperchargeError(
+            f"cannot read {what} from {path}: {exc}: give a pyproject.toml (TOML) holding them"
+        ) from None
 
 
 def tool_table(data: dict[str, Any], name: str) -> Any:
@@ -65,7 +67,9 @@ def load_table(pyproject: Path | str | None, name: str, what: str) -> tuple[Any,
     path = Path(pyproject) if pyproject is not None else find_pyproject()
     if path is None or not path.is_file():
         if pyproject is not None:
-            raise SuperchargeError(f"{what} file {pyproject} does not exist")
+            raise SuperchargeError(
+                f"{what} file {pyproject} does not exist: give the path of a pyproject.toml"
+            )
         return None, None
     data = read_toml(path, what)
     return (None if data is None else tool_table(data, name)), path
