@@ -94,7 +94,22 @@ def test_pickled_objects_are_refused(run_cli, coffee, tmp_path):
     line = _one_line_error(
         *run_cli("predict", coffee, "--model", "test_resnet", "--weights", path)[::2]
     )
-    assert f"weights file {path} cannot be read as a state dict" in line
+    assert f"weights file {path} cannot be read as a state dict (RuntimeError: weights_only" in line
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b""])
+def test_a_weights_file_in_no_weights_format_says_what_it_starts_with(
+    run_cli, coffee, tmp_path, content
+):
+    path = tmp_path / "notes.pth"
+    path.write_bytes(content)
+    line = _one_line_error(
+        *run_cli("predict", coffee, "--model", "test_resnet", "--weights", path)[::2]
+    )
+    assert line.startswith(
+        f"supercharge: error: weights file {path} cannot be read as a state dict (neither a "
+        f"torch.save file nor safetensors: it starts with {content!r}); give a .pth"
+    ), line
 
 
 @pytest.mark.parametrize(

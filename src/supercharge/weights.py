@@ -157,6 +157,23 @@ def resolve_weights(name: str, spec: WeightsSpec) -> ResolvedWeights:
     )
 
 
+# torch.save writes a zip archive (legacy: a pickle, protocol 2+ starts with 0x80)
+_WEIGHTS_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(16)
+    except OSError:
+        return b""
+
+
+def _safetensors_header(head: bytes) -> bool:
+    """safetensors: an 8-byte little-endian header length, then the JSON header's '{'."""
+    return len(head) > 8 and head[8:9] == b"{"
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a .pth/.pt/.bin (weights_only) or .safetensors state dict, unwrapping checkpoints."""
     from timm.models import load_state_dict
@@ -165,8 +182,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = load_state_dict(str(path), use_ema=False, weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for a bad file
         detail = str(exc).splitlines()[0][:120] if str(exc) else "no detail"
+        detail = f"{type(exc).__name__}: {detail}"
+        head = _head(path)
+        if not head.startswith(_WEIGHTS_MAGIC) and not _safetensors_header(head):
+            detail = f"neither a torch.save file nor safetensors: it starts with {head[:16]!r}"
         raise WeightsMismatchError(
-            f"weights file {path} cannot be read as a state dict ({type(exc).__name__}: {detail});"
+            f"weights file {path} cannot be read as a state dict ({detail});"
             " give a .pth saved with torch.save(model.state_dict()) or a .safetensors file"
         ) from exc
     if not isinstance(state, Mapping) or not all(
