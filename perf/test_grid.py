@@ -11,6 +11,7 @@ is a ratio of neighbours in time, not of cases minutes apart on a drifting machi
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from supercharge.report import END_TO_END, MODEL_ONLY
@@ -42,10 +43,13 @@ def test_end_to_end(
     assert logits.shape == (grid_case.batch_size, len(model_bundle.class_names))
 
 
-def test_model_alone(benchmark, grid_case, images, pipeline_for, baseline_for, suite_results):
+def test_model_alone(
+    benchmark, grid_case, images, pipeline_for, baseline_for, suite_results, model_bundle
+):
     pipeline = pipeline_for(grid_case.combo)
     pipeline.prepare_for(images)
     placed = pipeline.placed_batches(images)  # preprocessing and upload, outside the timing
+    assert placed, "nothing placed: the timing would measure an empty loop"
     run = pipeline.runner.run_placed
     reference = None
     baseline = baseline_for(grid_case.combo)
@@ -55,7 +59,7 @@ def test_model_alone(benchmark, grid_case, images, pipeline_for, baseline_for, s
         def reference():
             return [base_run(p) for p in base_placed]
 
-    time_call(
+    outputs = time_call(
         benchmark,
         lambda: [run(p) for p in placed],
         grid_case,
@@ -64,3 +68,5 @@ def test_model_alone(benchmark, grid_case, images, pipeline_for, baseline_for, s
         suite_results,
         reference=reference,
     )
+    logits = np.concatenate([pipeline.runner.to_host(out) for out in outputs])
+    assert logits.shape == (grid_case.batch_size, len(model_bundle.class_names))

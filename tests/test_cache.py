@@ -359,7 +359,6 @@ def test_two_processes_exporting_into_an_empty_dir(tmp_path):
     models = list((tmp_path / "artifacts" / "onnx-model").iterdir())
     assert len(models) == 1
     assert (models[0] / "model.onnx").is_file()
-    assert sys.executable  # the same interpreter ran both
 
 
 def test_a_read_only_cache_serves_its_artifacts_and_refuses_only_a_build(tmp_path, monkeypatch):

@@ -29,11 +29,14 @@ def test_a_bad_image_size_stops_before_any_work(run_cli, tmp_path, text):
 def test_export_builds_separable_graphs_for_each_size(run_cli, tmp_path):
     args = ["export", "--model", "test_resnet", "--weights", "random"]
     args += ["--artifact-dir", tmp_path / "artifacts", "--image-size", "40x60"]
+    args += ["--image-size", "30x30"]
     code, out, _ = run_cli(*args)
     assert code == 0
     lines = dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)
     path = lines["merged-separable-40x60 built"]
-    assert "int8-merged-separable-40x60 built" in lines
+    for size in ("40x60", "30x30"):
+        assert f"merged-separable-{size} built" in lines
+        assert f"int8-merged-separable-{size} built" in lines
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     (image,) = session.get_inputs()
     assert image.shape == ["N", 40, 60, 3] and image.type == "tensor(uint8)"

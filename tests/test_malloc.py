@@ -39,6 +39,24 @@ def test_a_refused_setting_is_named(monkeypatch):
     assert reason == f"mallopt({malloc.M_MMAP_THRESHOLD}, {malloc.MMAP_THRESHOLD}) was refused"
 
 
+def test_both_thresholds_are_set_with_glibc_parameter_numbers(monkeypatch):
+    """What mallopt() is called with (glibc has no getter to read them back): the mmap
+    threshold (-3) at 32 MiB and the trim threshold (-1) at 1 GiB, malloc.h's numbers."""
+    calls = []
+
+    class Recording:
+        argtypes = restype = None
+
+        def __call__(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(malloc.ctypes, "CDLL", lambda name: SimpleNamespace(mallopt=Recording()))
+    assert malloc.hold_freed_memory() is None
+    assert calls == [(-3, 32 << 20), (-1, 1 << 30)]
+
+
 def test_other_systems_keep_their_malloc(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     assert malloc.hold_freed_memory() == "glibc malloc settings need Linux, this is darwin"

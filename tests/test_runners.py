@@ -203,16 +203,15 @@ def test_ort_cpu_asserts_provider_and_records_placement(tiny, cache, tiny_onnx, 
 def test_spinning_is_on_only_where_runs_follow_runs(tiny, cache):
     """Host preprocessing between runs: no spinning (it would steal the cores); baked graphs:
     spinning (no wake-up between back-to-back runs). The session gets what describe() says."""
-    from supercharge.runners.ort_runner import session_options
-
-    assert create_runner("ort-cpu", tiny, cache).describe()["spinning"] is False
-    assert create_runner("ort-cpu", tiny, cache, "baked").describe()["spinning"] is True
-    assert create_runner("ort-cpu", tiny, cache, spinning=True).describe()["spinning"] is True
-    for spinning in (False, True):
-        entry = session_options(1, spinning=spinning).get_session_config_entry(
+    cases = [({}, "model", False), ({}, "baked", True), ({"spinning": True}, "model", True)]
+    for options, graph, spinning in cases:
+        runner = create_runner("ort-cpu", tiny, cache, graph, **options)
+        runner.prepare()
+        entry = runner.session.get_session_options().get_session_config_entry(
             "session.intra_op.allow_spinning"
         )
-        assert entry == ("1" if spinning else "0")
+        assert runner.describe()["spinning"] is spinning
+        assert entry == ("1" if spinning else "0"), (graph, options)
 
 
 def test_placement_counts_match_the_graphs(tiny_onnx, tmp_path):
