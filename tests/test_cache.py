@@ -389,3 +389,128 @@ def test_an_artifact_dir_that_is_a_file_says_so(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(ArtifactError, match=f"artifact dir {blocker} is a file, not a folder: "):
         ArtifactCache(blocker)
+
+
+# last use, listing and pruning ------------------------------------------------------------
+
+DAY = 86400.0
+
+
+def _age(path: Path, days: float) -> None:
+    then = time.time() - days * DAY
+    os.utime(path, (then, then))
+
+
+def test_a_hit_marks_the_artifact_used(tmp_path):
+    cache = _quiet(tmp_path)
+    art = cache.get_or_build(_spec(), CountingBuilder())
+    _age(art.path, 40)
+    assert cache.lookup(_spec()) is not None
+    assert time.time() - art.path.stat().st_mtime < 60
+
+
+def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    cache = _quiet(tmp_path)
+    art = cache.get_or_build(_spec(), CountingBuilder())
+    hashed: list[Path] = []
+    real = cache_mod.sha256_file
+    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert cache.lookup(_spec()) is not None and cache.lookup(_spec()) is not None
+    assert hashed == [art.file("blob.bin")]
+    data = bytearray(art.file("blob.bin").read_bytes())
+    data[0] ^= 0xFF  # same size, new mtime: hashed again, and found corrupt
+    art.file("blob.bin").write_bytes(bytes(data))
+    assert cache.lookup(_spec()) is None and len(hashed) == 2
+
+
+def test_entries_list_artifacts_engine_folders_and_leftovers_with_sizes(tmp_path):
+    cache = _quiet(tmp_path)
+    art = cache.get_or_build(_spec(), CountingBuilder(b"x" * 5000))
+    engines = tmp_path / "ort-trt" / "H200-sm90-fp16-abc"
+    (engines / "engines").mkdir(parents=True)
+    (engines / "engines" / "a.engine").write_bytes(b"e" * 300)
+    leftover = tmp_path / "test-kind" / f".build-{os.getpid()}-{_PID_TAG}-q"
+    leftover.mkdir()
+    found = {e.path: e for e in cache.entries()}
+    assert set(found) == {art.path, engines, leftover}
+    manifest_size = (art.path / "manifest.json").stat().st_size
+    assert (found[art.path].state, found[art.path].size) == ("artifact", 5000 + manifest_size)
+    assert found[art.path].key == _spec().key and found[art.path].kind == "test-kind"
+    assert (found[engines].state, found[engines].size, found[engines].key) == ("files", 300, None)
+    assert found[leftover].state == "leftover"
+
+
+def test_prune_removes_what_was_not_used_for_the_given_time_and_nothing_else(tmp_path):
+    cache = _quiet(tmp_path)
+    old = cache.get_or_build(_spec(v=1), CountingBuilder())
+    recent = cache.get_or_build(_spec(v=2), CountingBuilder())
+    engines = tmp_path / "ort-trt" / "old-engines"
+    engines.mkdir(parents=True)
+    (engines / "a.engine").write_bytes(b"e")
+    _age(old.path, 31)
+    _age(engines, 31)
+    _age(recent.path, 29)
+
+    removed, in_use = cache.prune(30 * DAY, dry_run=True)
+    assert {e.path for e in removed} == {old.path, engines} and not in_use
+    assert old.path.is_dir() and engines.is_dir()  # a dry run removes nothing
+
+    removed, in_use = cache.prune(30 * DAY)
+    assert {e.path for e in removed} == {old.path, engines} and not in_use
+    assert not old.path.exists() and not engines.exists() and recent.path.is_dir()
+    assert [p.name for p in (tmp_path / "test-kind").iterdir()] == [recent.path.name]
+    rebuilt = CountingBuilder()
+    assert cache.get_or_build(_spec(v=1), rebuilt).built and rebuilt.calls == 1
+    assert not cache.get_or_build(_spec(v=2), rebuilt).built
+
+
+def test_prune_keeps_an_artifact_whose_build_lock_is_held(tmp_path):
+    cache = _quiet(tmp_path)
+    art = cache.get_or_build(_spec(), CountingBuilder())
+    _age(art.path, 100)
+    holder = subprocess.Popen(
+        [
+            PYTHON,
+            "-c",
+            "import sys, time; from filelock import FileLock; "
+            "l = FileLock(sys.argv[1]); l.acquire(); print('held', flush=True); time.sleep(600)",
+            str(tmp_path / ".locks" / f"test-kind-{_spec().key}.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        removed, in_use = cache.prune(0)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not removed and [e.path for e in in_use] == [art.path] and art.path.is_dir()
+    assert [e.path for e in cache.prune(0)[0]] == [art.path]  # once the lock is free
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="pid liveness is only checked on POSIX")
+def test_prune_removes_leftovers_of_dead_builders_only(tmp_path):
+    kind_dir = tmp_path / "test-kind"
+    kind_dir.mkdir()
+    dead = kind_dir / f".build-{_dead_pid()}-{_PID_TAG}-x"
+    alive = kind_dir / f".build-{os.getpid()}-{_PID_TAG}-y"
+    dead.mkdir()
+    alive.mkdir()
+    removed, _ = _quiet(tmp_path).prune(365 * DAY)  # however recent, a dead builder's goes
+    assert [e.path for e in removed] == [dead]
+    assert not dead.exists() and alive.is_dir()
+
+
+def test_prune_of_a_read_only_cache_is_one_line_error(tmp_path, monkeypatch):
+    _quiet(tmp_path).get_or_build(_spec(), CountingBuilder())
+    real_access = os.access
+    monkeypatch.setattr(
+        cache_mod.os,
+        "access",
+        lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode),
+    )
+    shared = _quiet(tmp_path)
+    with pytest.raises(ArtifactError, match=f"artifact dir {tmp_path} is read-only: prune it"):
+        shared.prune(0)
+    assert len(shared.entries()) == 1

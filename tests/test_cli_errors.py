@@ -247,3 +247,20 @@ def test_running_out_of_memory_is_one_line_and_other_errors_stay_bugs(run_cli, m
     monkeypatch.setitem(supercharge.cli.COMMANDS, "predict", bug)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         run_cli("predict", coffee)
+
+
+# supercharge cache -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--prune", "-1"], "'-1'"),
+        (["--prune", "soon"], "'soon'"),
+        (["--prune", "inf"], "'inf'"),
+        (["--dry-run"], "--dry-run"),
+    ],
+)
+def test_cache_refuses_bad_arguments_in_one_line(run_cli, tmp_path, args, named):
+    line = _one_line_error(*run_cli("cache", "--artifact-dir", tmp_path, *args))
+    assert named in line and ("--prune DAYS" in line or "days >= 0" in line)

@@ -657,6 +657,27 @@ def test_trt_engines_are_built_holding_the_timing_cache_lock(tiny_onnx, cache, m
     assert held and FileLock(str(held[0])).acquire(timeout=0)  # released after the build
 
 
+def test_trt_engine_and_timing_folders_are_marked_used_at_each_prepare(
+    tiny_onnx, cache, monkeypatch
+):
+    """`supercharge cache --prune DAYS` goes by last use; ONNX Runtime reads a cached engine
+    without touching its folder, so the runner marks both folders itself."""
+    import os
+    import time
+
+    monkeypatch.setattr(OrtRunner, "prepare", lambda self: None)  # the build needs TensorRT
+    runner = OrtTrtRunner(tiny_onnx, cache=cache, gpu=H200)
+    runner.prepare()
+    options = runner.providers()[0][1]
+    folders = [runner.cache_dir, Path(options["trt_timing_cache_path"])]
+    assert all(f.parent == Path(cache.root) / "ort-trt" for f in folders), folders
+    long_ago = time.time() - 90 * 86400
+    for folder in folders:
+        os.utime(folder, (long_ago, long_ago))
+    runner.prepare()
+    assert all(time.time() - f.stat().st_mtime < 60 for f in folders)
+
+
 def test_an_unwritable_tensorrt_cache_folder_is_one_line(tiny_onnx, tmp_path):
     blocker = tmp_path / "ort-trt"
     blocker.write_text("a file where the engine folders go")

@@ -6,6 +6,9 @@ Builds happen in a temporary sibling directory that is renamed into place only w
 concurrent builders of one key are serialised by a file lock, so readers never see half an
 artifact and two processes never build the same thing twice. Temporary entries carry their
 maker's pid, so a folder left by a killed build is deleted by the next build of that kind.
+Every hit marks its folder used (mtime), so `entries` can list and `prune` can remove what a
+cache shared by CI runners no longer needs: graph revisions and version bumps change keys, and
+old artifacts would otherwise stay forever (an eva02 graph is 1.2 GB).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from supercharge.errors import ArtifactError
 
@@ -113,12 +117,59 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
+def touch(path: Path) -> None:
+    """Mark a cache folder used now, best effort (a read-only shared cache keeps its times)."""
+    with suppress(OSError):
+        os.utime(path)
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# (path, device, inode, size, mtime_ns) -> sha256: a file is hashed once per process, not at
+# every lookup (eva02's 1.2 GB export takes ~2 s to hash, and a session looks it up repeatedly).
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+
+
+def _digest(path: Path, st: os.stat_result) -> str:
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    digest = _DIGESTS.get(key)
+    if digest is None:
+        digest = _DIGESTS[key] = sha256_file(path)
+    return digest
+
+
+def _tree_size(path: Path) -> int:
+    """Bytes of the regular files under `path` (links not followed)."""
+    total = 0
+    for folder, _dirs, names in os.walk(path):
+        for name in names:
+            with suppress(OSError):
+                st = os.lstat(os.path.join(folder, name))
+                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One folder of the cache, as `supercharge cache` lists it."""
+
+    kind: str
+    path: Path
+    size: int  # bytes
+    last_used: float  # epoch seconds: the folder's mtime, which every hit touches
+    state: str  # "artifact" (has a manifest), "files" (no manifest, e.g. TensorRT's engine
+    # caches, or an artifact damaged beyond its manifest), "leftover" (an interrupted build's)
+    key: str | None = None  # an artifact's key, which names its build lock
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
 
 def _ensure_dir(path: Path) -> None:
@@ -170,7 +221,11 @@ class ArtifactCache:
         """The valid artifact for `spec`, or None when missing or corrupt."""
         path = self.path_for(spec)
         manifest = self._verified_manifest(path, spec)
-        return Artifact(path, manifest, built=False) if manifest is not None else None
+        if manifest is None:
+            return None
+        if not self.read_only:
+            touch(path)
+        return Artifact(path, manifest, built=False)
 
     def get_or_build(self, spec: ArtifactSpec, build: Builder) -> Artifact:
         """Reuse a valid artifact or build it; `build(tmpdir)` writes files, may return extras."""
@@ -187,7 +242,7 @@ class ArtifactCache:
         final = self.path_for(spec)
         _ensure_dir(final.parent)
         # 0o666: whoever else uses a shared cache must be able to open the lock file too.
-        lock_path = self.root / ".locks" / f"{spec.kind}-{spec.key}.lock"
+        lock_path = self._lock_path(spec.kind, spec.key)
         lock = FileLock(str(lock_path), mode=0o666)
         try:
             lock.acquire()
@@ -207,6 +262,82 @@ class ArtifactCache:
             return self._build(spec, build, final)
         finally:
             lock.release()
+
+    def _lock_path(self, kind: str, key: str) -> Path:
+        return self.root / ".locks" / f"{kind}-{key}.lock"
+
+    def entries(self) -> list[Entry]:
+        """Every folder under the root's kind folders, without hashing anything."""
+        found: list[Entry] = []
+        kinds = sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != ".locks")
+        for kind_dir in kinds:
+            try:
+                children = sorted(kind_dir.iterdir())
+            except OSError:
+                continue
+            for path in children:
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                if not path.is_dir():
+                    continue
+                key, state = None, "leftover" if _TEMP_NAME.match(path.name) else "files"
+                if state == "files":
+                    with suppress(OSError, ValueError, AttributeError):
+                        key = json.loads((path / MANIFEST).read_text()).get("key")
+                    state = "artifact" if isinstance(key, str) and key else "files"
+                    key = key if state == "artifact" else None
+                found.append(Entry(kind_dir.name, path, _tree_size(path), st.st_mtime, state, key))
+        return found
+
+    def prune(
+        self, unused_for_s: float, dry_run: bool = False, now: float | None = None
+    ) -> tuple[list[Entry], list[Entry]]:
+        """Remove what was last used more than `unused_for_s` ago; return (removed, in use).
+
+        An artifact being built holds its lock and is kept (in use); removal is a rename aside
+        then a delete, so a reader never sees half an artifact, and a removed artifact is simply
+        rebuilt when next needed. Leftovers of interrupted builds go only when their builder is
+        dead (as in a build's own sweep), however recent.
+        """
+        if self.read_only:
+            raise ArtifactError(
+                f"artifact dir {self.root} is read-only: prune it where it is writable, "
+                f"{_USE_ANOTHER}"
+            )
+        cutoff = (time.time() if now is None else now) - unused_for_s
+        removed: list[Entry] = []
+        in_use: list[Entry] = []
+        for entry in self.entries():
+            if entry.state == "leftover":
+                m = _TEMP_NAME.match(entry.name)
+                dead = m is not None and m.group(2) == _PID_TAG and not _pid_alive(int(m.group(1)))
+                if dead:
+                    removed.append(entry)
+                    if not dry_run:
+                        _remove(entry.path)
+                continue
+            if entry.last_used > cutoff:
+                continue
+            if dry_run:
+                removed.append(entry)
+                continue
+            lock = None
+            if entry.key is not None:
+                lock = FileLock(str(self._lock_path(entry.kind, entry.key)), mode=0o666)
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:
+                    in_use.append(entry)
+                    continue
+            try:
+                self._discard(entry.path, "unused artifact")
+                removed.append(entry)
+            finally:
+                if lock is not None:
+                    lock.release()
+        return removed, in_use
 
     def _sweep_abandoned(self, kind_dir: Path) -> None:
         """Delete temp entries of dead builders: a killed export leaves gigabytes behind.
@@ -283,7 +414,7 @@ class ArtifactCache:
             )
 
     @staticmethod
-    def _discard(path: Path) -> None:
+    def _discard(path: Path, what: str = "corrupt artifact") -> None:
         """Move aside first (atomic), then delete, so no reader sees a half-deleted artifact."""
         trash = path.with_name(f".trash-{os.getpid()}-{_PID_TAG}-{path.name}-{time.time_ns()}")
         try:
@@ -292,7 +423,7 @@ class ArtifactCache:
             return
         except OSError as exc:
             raise ArtifactError(
-                f"cannot remove the corrupt artifact {path} ({exc.strerror or exc}): fix the "
+                f"cannot remove the {what} {path} ({exc.strerror or exc}): fix the "
                 f"permissions of {path.parent} or remove {path} by hand, {_USE_ANOTHER}"
             ) from exc
         _remove(trash)
@@ -311,7 +442,8 @@ class ArtifactCache:
         for rel, meta in files.items():
             p = path / rel
             try:
-                if p.stat().st_size != meta["size"] or sha256_file(p) != meta["sha256"]:
+                st = p.stat()
+                if st.st_size != meta["size"] or _digest(p, st) != meta["sha256"]:
                     return None
             except (OSError, KeyError, TypeError):
                 return None

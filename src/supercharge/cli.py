@@ -1,4 +1,4 @@
-"""`supercharge predict | export | gate`: the steps people do by hand; bad input exits 2."""
+"""`supercharge predict | export | gate | cache`: the steps people do by hand; bad input exits 2."""
 
 from __future__ import annotations
 
@@ -147,7 +147,45 @@ def build_parser() -> argparse.ArgumentParser:
     ga.add_argument(
         "--allow-missing", action="store_true", help="do not fail on cases CURRENT did not run"
     )
+    ca = sub.add_parser(
+        "cache",
+        help="list the artifact cache, or prune what has not been used lately",
+        description="List every folder of the artifact cache (kind, size, when last used, name) "
+        "and the total. With --prune DAYS, remove those not used for DAYS days (0: all, except "
+        "what is being built right now): each reuse marks an artifact used, and a removed one is "
+        "rebuilt when next needed. Old graph revisions and version bumps leave artifacts no run "
+        "asks for again; a cache kept by CI runners grows until pruned.",
+    )
+    ca.add_argument(
+        "--artifact-dir",
+        type=_artifact_dir,
+        default=None,
+        help="artifact cache (default: $SUPERCHARGE_ARTIFACT_DIR or the per-user cache dir)",
+    )
+    ca.add_argument(
+        "--prune",
+        type=_days,
+        default=None,
+        metavar="DAYS",
+        help="remove what was last used more than DAYS days ago (fractions allowed)",
+    )
+    ca.add_argument(
+        "--dry-run", action="store_true", help="with --prune: list what would go, remove nothing"
+    )
     return parser
+
+
+def _days(text: str) -> float:
+    """--prune DAYS: a finite number >= 0."""
+    try:
+        days = float(text)
+    except ValueError:
+        days = float("nan")
+    if not (0 <= days < float("inf")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of days >= 0: e.g. 30, or 0 to remove everything"
+        )
+    return days
 
 
 def _artifact_dir(text: str) -> Path:
@@ -315,9 +353,56 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from supercharge.cache import ArtifactCache
+
+    if args.dry_run and args.prune is None:
+        raise SuperchargeError(
+            "--dry-run lists what --prune DAYS would remove: add --prune DAYS (e.g. 30)"
+        )
+    cache = ArtifactCache(args.artifact_dir)
+    if args.prune is None:
+        entries = cache.entries()
+        for e in sorted(entries, key=lambda e: (e.kind, -e.last_used)):
+            state = "" if e.state == "artifact" else f"  ({e.state})"
+            print(f"{e.kind:<12} {_size(e.size):>9}  {_when(e.last_used)}  {e.name}{state}")
+        total = sum(e.size for e in entries)
+        print(f"{len(entries)} folders, {_size(total)} in {cache.root}")
+        return 0
+    removed, in_use = cache.prune(args.prune * 86400.0, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for e in removed:
+        print(f"{verb} {e.kind}/{e.name} ({_size(e.size)}, last used {_when(e.last_used)})")
+    for e in in_use:
+        print(f"kept {e.kind}/{e.name}: being built by another process")
+    kept = [e for e in cache.entries() if e.path.exists()] if not args.dry_run else None
+    left = (
+        f"{len(kept)} folders, {_size(sum(e.size for e in kept))} left"
+        if kept is not None
+        else f"{len(cache.entries()) - len(removed)} folders would be left"
+    )
+    print(
+        f"{verb} {len(removed)} folders, {_size(sum(e.size for e in removed))} "
+        f"(unused for {args.prune:g} days); {left} in {cache.root}"
+    )
+    return 0
+
+
 EXPORTED = ("baked", "seed")  # the merged graphs the CPU grid runs
 
-COMMANDS = {"predict": cmd_predict, "export": cmd_export, "gate": cmd_gate}
+COMMANDS = {"predict": cmd_predict, "export": cmd_export, "gate": cmd_gate, "cache": cmd_cache}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -294,6 +294,7 @@ class OrtTrtRunner(OrtRunner):
             return
         from filelock import FileLock
 
+        from supercharge.cache import touch
         from supercharge.gpu import load_tensorrt
 
         load_tensorrt()  # a pip TensorRT's libraries are off the loader's path otherwise
@@ -307,6 +308,9 @@ class OrtTrtRunner(OrtRunner):
                     f"({exc.strerror or exc}): pass --artifact-dir (or set "
                     "SUPERCHARGE_ARTIFACT_DIR) to a writable cache"
                 ) from exc
+        for used in (self.cache_dir, Path(options["trt_timing_cache_path"])):
+            if used is not None:
+                touch(used)  # used now: `supercharge cache --prune DAYS` keeps them
         with FileLock(str(Path(options["trt_timing_cache_path"]) / ".build.lock")):
             super().prepare()
 
