@@ -451,12 +451,14 @@ def test_prune_removes_what_was_not_used_for_the_given_time_and_nothing_else(tmp
     _age(engines, 31)
     _age(recent.path, 29)
 
-    removed, in_use = cache.prune(30 * DAY, dry_run=True)
-    assert {e.path for e in removed} == {old.path, engines} and not in_use
+    pruned = cache.prune(30 * DAY, dry_run=True)
+    assert {e.path for e in pruned.removed} == {old.path, engines}
+    assert not pruned.in_use and not pruned.failed
     assert old.path.is_dir() and engines.is_dir()  # a dry run removes nothing
 
-    removed, in_use = cache.prune(30 * DAY)
-    assert {e.path for e in removed} == {old.path, engines} and not in_use
+    pruned = cache.prune(30 * DAY)
+    assert {e.path for e in pruned.removed} == {old.path, engines}
+    assert not pruned.in_use and not pruned.failed
     assert not old.path.exists() and not engines.exists() and recent.path.is_dir()
     assert [p.name for p in (tmp_path / "test-kind").iterdir()] == [recent.path.name]
     rebuilt = CountingBuilder()
@@ -481,12 +483,13 @@ def test_prune_keeps_an_artifact_whose_build_lock_is_held(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "held"
-        removed, in_use = cache.prune(0)
+        pruned = cache.prune(0)
     finally:
         holder.kill()
         holder.wait()
-    assert not removed and [e.path for e in in_use] == [art.path] and art.path.is_dir()
-    assert [e.path for e in cache.prune(0)[0]] == [art.path]  # once the lock is free
+    assert not pruned.removed and [e.path for e in pruned.in_use] == [art.path]
+    assert art.path.is_dir()
+    assert [e.path for e in cache.prune(0).removed] == [art.path]  # once the lock is free
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pid liveness is only checked on POSIX")
@@ -497,8 +500,8 @@ def test_prune_removes_leftovers_of_dead_builders_only(tmp_path):
     alive = kind_dir / f".build-{os.getpid()}-{_PID_TAG}-y"
     dead.mkdir()
     alive.mkdir()
-    removed, _ = _quiet(tmp_path).prune(365 * DAY)  # however recent, a dead builder's goes
-    assert [e.path for e in removed] == [dead]
+    pruned = _quiet(tmp_path).prune(365 * DAY)  # however recent, a dead builder's goes
+    assert [e.path for e in pruned.removed] == [dead]
     assert not dead.exists() and alive.is_dir()
 
 
@@ -514,3 +517,23 @@ def test_prune_of_a_read_only_cache_is_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(ArtifactError, match=f"artifact dir {tmp_path} is read-only: prune it"):
         shared.prune(0)
     assert len(shared.entries()) == 1
+
+
+def test_prune_reports_a_folder_it_cannot_remove_and_removes_the_others(tmp_path, monkeypatch):
+    cache = _quiet(tmp_path)
+    stuck = cache.get_or_build(_spec(v=1), CountingBuilder())
+    other = cache.get_or_build(_spec(v=2), CountingBuilder())
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(src) == stuck.path:
+            raise PermissionError(errno.EACCES, "Permission denied", str(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(cache_mod.os, "replace", replace)
+    pruned = cache.prune(0)
+    assert [e.path for e in pruned.removed] == [other.path] and not other.path.exists()
+    [(entry, reason)] = pruned.failed
+    assert entry.path == stuck.path and stuck.path.is_dir()
+    assert f"cannot remove the unused artifact {stuck.path} (Permission denied)" in reason
+    assert cache.lookup(_spec(v=1)) is not None  # still whole and usable

@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _abandoned(name: str) -> bool:
+    """A temp entry whose builder is known dead: its pid is from this host and pid namespace
+    (a pid means nothing elsewhere) and no longer runs."""
+    m = _TEMP_NAME.match(name)
+    return bool(m) and m.group(2) == _PID_TAG and not _pid_alive(int(m.group(1)))
+
+
 def _remove(path: Path) -> None:
     """Delete a file, link or folder tree, best effort: leftovers are swept by a later build."""
     if path.is_dir() and not path.is_symlink():
@@ -170,6 +177,16 @@ class Entry:
     @property
     def name(self) -> str:
         return self.path.name
+
+
+@dataclass
+class Pruned:
+    """What `ArtifactCache.prune` removed (or, in a dry run, would remove), what it kept because
+    it is being built, and what it could not remove, with the reason."""
+
+    removed: list[Entry] = field(default_factory=list)
+    in_use: list[Entry] = field(default_factory=list)
+    failed: list[tuple[Entry, str]] = field(default_factory=list)
 
 
 def _ensure_dir(path: Path) -> None:
@@ -291,15 +308,14 @@ class ArtifactCache:
                 found.append(Entry(kind_dir.name, path, _tree_size(path), st.st_mtime, state, key))
         return found
 
-    def prune(
-        self, unused_for_s: float, dry_run: bool = False, now: float | None = None
-    ) -> tuple[list[Entry], list[Entry]]:
-        """Remove what was last used more than `unused_for_s` ago; return (removed, in use).
+    def prune(self, unused_for_s: float, dry_run: bool = False, now: float | None = None) -> Pruned:
+        """Remove what was last used more than `unused_for_s` ago.
 
         An artifact being built holds its lock and is kept (in use); removal is a rename aside
         then a delete, so a reader never sees half an artifact, and a removed artifact is simply
         rebuilt when next needed. Leftovers of interrupted builds go only when their builder is
-        dead (as in a build's own sweep), however recent.
+        dead (as in a build's own sweep), however recent. A folder that cannot be removed is
+        reported with the reason, and the others are still pruned.
         """
         if self.read_only:
             raise ArtifactError(
@@ -307,37 +323,43 @@ class ArtifactCache:
                 f"{_USE_ANOTHER}"
             )
         cutoff = (time.time() if now is None else now) - unused_for_s
-        removed: list[Entry] = []
-        in_use: list[Entry] = []
+        result = Pruned()
         for entry in self.entries():
             if entry.state == "leftover":
-                m = _TEMP_NAME.match(entry.name)
-                dead = m is not None and m.group(2) == _PID_TAG and not _pid_alive(int(m.group(1)))
-                if dead:
-                    removed.append(entry)
+                if _abandoned(entry.name):
+                    result.removed.append(entry)
                     if not dry_run:
                         _remove(entry.path)
                 continue
             if entry.last_used > cutoff:
                 continue
             if dry_run:
-                removed.append(entry)
+                result.removed.append(entry)
                 continue
             lock = None
-            if entry.key is not None:
-                lock = FileLock(str(self._lock_path(entry.kind, entry.key)), mode=0o666)
-                try:
-                    lock.acquire(timeout=0)
-                except Timeout:
-                    in_use.append(entry)
-                    continue
             try:
+                if entry.key is not None:
+                    lock = FileLock(str(self._lock_path(entry.kind, entry.key)), mode=0o666)
+                    lock.acquire(timeout=0)
                 self._discard(entry.path, "unused artifact")
-                removed.append(entry)
+                result.removed.append(entry)
+            except Timeout:
+                result.in_use.append(entry)
+                lock = None
+            except ArtifactError as exc:
+                result.failed.append((entry, str(exc)))
+            except OSError as exc:  # the lock file, e.g. another user's
+                result.failed.append(
+                    (
+                        entry,
+                        f"cannot take its lock file ({exc.strerror or exc}): fix the "
+                        f"permissions of {self.root / '.locks'}",
+                    )
+                )
             finally:
-                if lock is not None:
+                if lock is not None and lock.is_locked:
                     lock.release()
-        return removed, in_use
+        return result
 
     def _sweep_abandoned(self, kind_dir: Path) -> None:
         """Delete temp entries of dead builders: a killed export leaves gigabytes behind.
@@ -351,9 +373,9 @@ class ArtifactCache:
         except OSError:
             return
         for entry in entries:
-            m = _TEMP_NAME.match(entry.name)
-            if m and m.group(2) == _PID_TAG and not _pid_alive(int(m.group(1))):
-                self._log(f"removing {entry}, left by an interrupted build (pid {m.group(1)})")
+            if _abandoned(entry.name):
+                pid = entry.name.split("-")[1]  # .build-<pid>-<tag>-...
+                self._log(f"removing {entry}, left by an interrupted build (pid {pid})")
                 _remove(entry)
 
     def _build(self, spec: ArtifactSpec, build: Builder, final: Path) -> Artifact:

@@ -379,25 +379,29 @@ def cmd_cache(args: argparse.Namespace) -> int:
             state = "" if e.state == "artifact" else f"  ({e.state})"
             print(f"{e.kind:<12} {_size(e.size):>9}  {_when(e.last_used)}  {e.name}{state}")
         total = sum(e.size for e in entries)
-        print(f"{len(entries)} folders, {_size(total)} in {cache.root}")
+        print(f"{_folders(entries)}, {_size(total)} in {cache.root}")
         return 0
-    removed, in_use = cache.prune(args.prune * 86400.0, dry_run=args.dry_run)
+    pruned = cache.prune(args.prune * 86400.0, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
-    for e in removed:
+    for e in pruned.removed:
         print(f"{verb} {e.kind}/{e.name} ({_size(e.size)}, last used {_when(e.last_used)})")
-    for e in in_use:
-        print(f"kept {e.kind}/{e.name}: being built by another process")
-    kept = [e for e in cache.entries() if e.path.exists()] if not args.dry_run else None
-    left = (
-        f"{len(kept)} folders, {_size(sum(e.size for e in kept))} left"
-        if kept is not None
-        else f"{len(cache.entries()) - len(removed)} folders would be left"
-    )
+    for e in pruned.in_use:
+        print(f"kept {e.kind}/{e.name}: another process is building it")
+    for e, reason in pruned.failed:
+        print(f"could not remove {e.kind}/{e.name}: {reason}", file=sys.stderr)
+    gone = {e.path for e in pruned.removed}
+    left = [e for e in cache.entries() if e.path not in gone]
     print(
-        f"{verb} {len(removed)} folders, {_size(sum(e.size for e in removed))} "
-        f"(unused for {args.prune:g} days); {left} in {cache.root}"
+        f"{verb} {_folders(pruned.removed)}, {_size(sum(e.size for e in pruned.removed))} "
+        f"(unused for {args.prune:g} days); {_folders(left)}, "
+        f"{_size(sum(e.size for e in left))} {'would be ' if args.dry_run else ''}left in "
+        f"{cache.root}"
     )
-    return 0
+    return 1 if pruned.failed else 0
+
+
+def _folders(entries: Sequence[object]) -> str:
+    return f"{len(entries)} folder{'' if len(entries) == 1 else 's'}"
 
 
 EXPORTED = ("baked", "seed")  # the merged graphs the CPU grid runs
