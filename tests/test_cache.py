@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -156,7 +155,7 @@ def test_read_only_kind_dir_is_one_line_error(tmp_path):
         kind_dir.chmod(0o755)
 
 
-@pytest.mark.parametrize("step", ["mkdir", "lock", "mkdtemp", "replace"])
+@pytest.mark.parametrize("step", ["mkdir", "lock", "build-dir", "replace"])
 def test_os_error_below_the_root_is_one_line_error(tmp_path, monkeypatch, step):
     """Each filesystem step under the root, failing as for another user's read-only folder."""
     cache = _quiet(tmp_path)
@@ -168,6 +167,11 @@ def test_os_error_below_the_root_is_one_line_error(tmp_path, monkeypatch, step):
             raise _denied(path)
         return real_mkdir(path, *args, **kwargs)
 
+    def mkdir_build(path, *args, **kwargs):
+        if Path(path).name.startswith(".build-"):
+            raise _denied(Path(path).parent)
+        return real_mkdir(path, *args, **kwargs)
+
     def replace(src, dst, *args, **kwargs):
         if Path(src).name.startswith(".build-"):
             raise _denied(dst)
@@ -176,13 +180,10 @@ def test_os_error_below_the_root_is_one_line_error(tmp_path, monkeypatch, step):
     def acquire(self, *args, **kwargs):
         raise _denied(self.lock_file)
 
-    def mkdtemp(*args, **kwargs):
-        raise _denied(kwargs.get("dir"))
-
     patch, named = {
         "mkdir": ((os, "mkdir", mkdir), final.parent),
         "lock": ((cache_mod.FileLock, "acquire", acquire), tmp_path / ".locks"),
-        "mkdtemp": ((tempfile, "mkdtemp", mkdtemp), final.parent),
+        "build-dir": ((os, "mkdir", mkdir_build), final.parent),
         "replace": ((os, "replace", replace), final),
     }[step]
     with monkeypatch.context() as m:
@@ -391,149 +392,99 @@ def test_an_artifact_dir_that_is_a_file_says_so(tmp_path):
         ArtifactCache(blocker)
 
 
-# last use, listing and pruning ------------------------------------------------------------
-
-DAY = 86400.0
+# last use, hashing ---------------------------------------------------------------------------
 
 
 def _age(path: Path, days: float) -> None:
-    then = time.time() - days * DAY
+    then = time.time() - days * 86400
     os.utime(path, (then, then))
 
 
-def test_a_hit_marks_the_artifact_used(tmp_path):
+def test_a_hit_marks_the_artifact_used_in_its_folder_and_its_lock_file(tmp_path):
+    cache = _quiet(tmp_path)
+    art = cache.get_or_build(_spec(), CountingBuilder())
+    marker = tmp_path / ".locks" / f"test-kind-{_spec().key}.lock"
+    _age(art.path, 40)
+    _age(marker, 40)
+    assert cache_mod.last_used(art.path) < time.time() - 39 * 86400
+    assert cache.lookup(_spec()) is not None
+    assert time.time() - art.path.stat().st_mtime < 60
+    assert time.time() - marker.stat().st_mtime < 60
+
+
+def test_a_use_is_recorded_where_the_folder_belongs_to_another_user(tmp_path, monkeypatch):
+    """Only the owner (or a writer) may set a folder's times: a shared cache's other users
+    record their uses in the world-writable lock file, which last_used reads too."""
     cache = _quiet(tmp_path)
     art = cache.get_or_build(_spec(), CountingBuilder())
     _age(art.path, 40)
+    marker = tmp_path / ".locks" / f"test-kind-{_spec().key}.lock"
+    marker.unlink()  # e.g. a cache copied without its .locks
+    real_utime = os.utime
+
+    def utime(path, *args, **kwargs):
+        if Path(path) == art.path:
+            raise _denied(path)
+        return real_utime(path, *args, **kwargs)
+
+    monkeypatch.setattr(cache_mod.os, "utime", utime)
     assert cache.lookup(_spec()) is not None
-    assert time.time() - art.path.stat().st_mtime < 60
+    assert art.path.stat().st_mtime < time.time() - 39 * 86400
+    assert marker.is_file() and (marker.stat().st_mode & 0o777) == 0o666
+    assert time.time() - cache_mod.last_used(art.path) < 60
 
 
-def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatch):
+def test_a_read_only_cache_records_no_use(tmp_path, monkeypatch):
     cache = _quiet(tmp_path)
     art = cache.get_or_build(_spec(), CountingBuilder())
-    hashed: list[Path] = []
-    real = cache_mod.sha256_file
-    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: hashed.append(p) or real(p))
-    assert cache.lookup(_spec()) is not None and cache.lookup(_spec()) is not None
-    assert hashed == [art.file("blob.bin")]
-    data = bytearray(art.file("blob.bin").read_bytes())
-    data[0] ^= 0xFF  # same size, new mtime: hashed again, and found corrupt
-    art.file("blob.bin").write_bytes(bytes(data))
-    assert cache.lookup(_spec()) is None and len(hashed) == 2
-
-
-def test_entries_list_artifacts_engine_folders_and_leftovers_with_sizes(tmp_path):
-    cache = _quiet(tmp_path)
-    art = cache.get_or_build(_spec(), CountingBuilder(b"x" * 5000))
-    engines = tmp_path / "ort-trt" / "H200-sm90-fp16-abc"
-    (engines / "engines").mkdir(parents=True)
-    (engines / "engines" / "a.engine").write_bytes(b"e" * 300)
-    leftover = tmp_path / "test-kind" / f".build-{os.getpid()}-{_PID_TAG}-q"
-    leftover.mkdir()
-    found = {e.path: e for e in cache.entries()}
-    assert set(found) == {art.path, engines, leftover}
-    manifest_size = (art.path / "manifest.json").stat().st_size
-    assert (found[art.path].state, found[art.path].size) == ("artifact", 5000 + manifest_size)
-    assert found[art.path].key == _spec().key and found[art.path].kind == "test-kind"
-    assert (found[engines].state, found[engines].size, found[engines].key) == ("files", 300, None)
-    assert found[leftover].state == "leftover"
-
-
-def test_prune_removes_what_was_not_used_for_the_given_time_and_nothing_else(tmp_path):
-    cache = _quiet(tmp_path)
-    old = cache.get_or_build(_spec(v=1), CountingBuilder())
-    recent = cache.get_or_build(_spec(v=2), CountingBuilder())
-    engines = tmp_path / "ort-trt" / "old-engines"
-    engines.mkdir(parents=True)
-    (engines / "a.engine").write_bytes(b"e")
-    _age(old.path, 31)
-    _age(engines, 31)
-    _age(recent.path, 29)
-
-    pruned = cache.prune(30 * DAY, dry_run=True)
-    assert {e.path for e in pruned.removed} == {old.path, engines}
-    assert not pruned.in_use and not pruned.failed
-    assert old.path.is_dir() and engines.is_dir()  # a dry run removes nothing
-
-    pruned = cache.prune(30 * DAY)
-    assert {e.path for e in pruned.removed} == {old.path, engines}
-    assert not pruned.in_use and not pruned.failed
-    assert not old.path.exists() and not engines.exists() and recent.path.is_dir()
-    assert [p.name for p in (tmp_path / "test-kind").iterdir()] == [recent.path.name]
-    rebuilt = CountingBuilder()
-    assert cache.get_or_build(_spec(v=1), rebuilt).built and rebuilt.calls == 1
-    assert not cache.get_or_build(_spec(v=2), rebuilt).built
-
-
-def test_prune_keeps_an_artifact_whose_build_lock_is_held(tmp_path):
-    cache = _quiet(tmp_path)
-    art = cache.get_or_build(_spec(), CountingBuilder())
-    _age(art.path, 100)
-    holder = subprocess.Popen(
-        [
-            PYTHON,
-            "-c",
-            "import sys, time; from filelock import FileLock; "
-            "l = FileLock(sys.argv[1]); l.acquire(); print('held', flush=True); time.sleep(600)",
-            str(tmp_path / ".locks" / f"test-kind-{_spec().key}.lock"),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        pruned = cache.prune(0)
-    finally:
-        holder.kill()
-        holder.wait()
-    assert not pruned.removed and [e.path for e in pruned.in_use] == [art.path]
-    assert art.path.is_dir()
-    assert [e.path for e in cache.prune(0).removed] == [art.path]  # once the lock is free
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="pid liveness is only checked on POSIX")
-def test_prune_removes_leftovers_of_dead_builders_only(tmp_path):
-    kind_dir = tmp_path / "test-kind"
-    kind_dir.mkdir()
-    dead = kind_dir / f".build-{_dead_pid()}-{_PID_TAG}-x"
-    alive = kind_dir / f".build-{os.getpid()}-{_PID_TAG}-y"
-    dead.mkdir()
-    alive.mkdir()
-    pruned = _quiet(tmp_path).prune(365 * DAY)  # however recent, a dead builder's goes
-    assert [e.path for e in pruned.removed] == [dead]
-    assert not dead.exists() and alive.is_dir()
-
-
-def test_prune_of_a_read_only_cache_is_one_line_error(tmp_path, monkeypatch):
-    _quiet(tmp_path).get_or_build(_spec(), CountingBuilder())
+    _age(art.path, 40)
+    before = cache_mod.last_used(art.path)
     real_access = os.access
     monkeypatch.setattr(
         cache_mod.os,
         "access",
         lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode),
     )
-    shared = _quiet(tmp_path)
-    with pytest.raises(ArtifactError, match=f"artifact dir {tmp_path} is read-only: prune it"):
-        shared.prune(0)
-    assert len(shared.entries()) == 1
+    assert _quiet(tmp_path).lookup(_spec()) is not None
+    assert cache_mod.last_used(art.path) == before
 
 
-def test_prune_reports_a_folder_it_cannot_remove_and_removes_the_others(tmp_path, monkeypatch):
+def test_published_folders_follow_the_umask_so_other_users_can_read_them(tmp_path):
+    old = os.umask(0o022)
+    try:
+        art = _quiet(tmp_path).get_or_build(_spec(), CountingBuilder())
+    finally:
+        os.umask(old)
+    assert art.path.stat().st_mode & 0o777 == 0o755  # mkdtemp would have published 0o700
+
+
+def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatch):
     cache = _quiet(tmp_path)
-    stuck = cache.get_or_build(_spec(v=1), CountingBuilder())
-    other = cache.get_or_build(_spec(v=2), CountingBuilder())
-    real_replace = os.replace
+    art = cache.get_or_build(_spec(), CountingBuilder())
+    blob = art.file("blob.bin")
+    hashed: list[Path] = []
+    real = cache_mod.sha256_file
+    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: hashed.append(p) or real(p))
+    monkeypatch.setattr(cache_mod, "_RACY_NS", 0)
+    assert cache.lookup(_spec()) is not None and cache.lookup(_spec()) is not None
+    assert hashed == [blob]
+    # A same-size rewrite whose mtime is set back (cp -p, rsync -t) still changes the ctime.
+    st = blob.stat()
+    data = bytearray(blob.read_bytes())
+    data[0] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert blob.stat().st_mtime_ns == st.st_mtime_ns
+    assert cache.lookup(_spec()) is None and len(hashed) == 2
 
-    def replace(src, dst):
-        if Path(src) == stuck.path:
-            raise PermissionError(errno.EACCES, "Permission denied", str(src))
-        return real_replace(src, dst)
 
-    monkeypatch.setattr(cache_mod.os, "replace", replace)
-    pruned = cache.prune(0)
-    assert [e.path for e in pruned.removed] == [other.path] and not other.path.exists()
-    [(entry, reason)] = pruned.failed
-    assert entry.path == stuck.path and stuck.path.is_dir()
-    assert f"cannot remove the unused artifact {stuck.path} (Permission denied)" in reason
-    assert cache.lookup(_spec(v=1)) is not None  # still whole and usable
+def test_a_file_changed_just_before_hashing_is_not_remembered(tmp_path, monkeypatch):
+    """Within one timestamp tick (coarse on older kernels) a same-size rewrite can leave size,
+    mtime and ctime as they were: a file that recent is hashed again at its next lookup."""
+    cache = _quiet(tmp_path)
+    cache.get_or_build(_spec(), CountingBuilder())  # just written: inside the racy window
+    hashed: list[Path] = []
+    real = cache_mod.sha256_file
+    monkeypatch.setattr(cache_mod, "sha256_file", lambda p: hashed.append(p) or real(p))
+    assert cache.lookup(_spec()) is not None and cache.lookup(_spec()) is not None
+    assert len(hashed) == 2

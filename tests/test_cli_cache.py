@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from supercharge.cache import ArtifactCache, ArtifactSpec
 
 
@@ -17,6 +19,7 @@ def _artifact(root, v: int, size: int, age_days: float):
     )
     then = time.time() - age_days * 86400
     os.utime(art.path, (then, then))
+    os.utime(root / ".locks" / f"onnx-model-{art.path.name.rsplit('-', 1)[1]}.lock", (then, then))
     return art
 
 
@@ -31,6 +34,7 @@ def test_cache_lists_each_folder_with_its_size_and_the_total(run_cli, tmp_path):
     when = time.strftime("%Y-%m-%d", time.localtime(old.path.stat().st_mtime))
     assert when in lines[1]
     assert lines[-1] == f"2 folders, 5.0 MB in {tmp_path}"
+    (tmp_path / "empty").mkdir()
     assert run_cli("cache", "--artifact-dir", tmp_path / "empty")[1] == (
         f"0 folders, 0 B in {tmp_path / 'empty'}\n"
     )
@@ -59,7 +63,7 @@ def test_cache_prune_removes_only_what_was_unused_for_days(run_cli, tmp_path):
 def test_cache_prune_that_cannot_remove_a_folder_says_why_and_exits_1(
     run_cli, tmp_path, monkeypatch
 ):
-    import supercharge.cache as cache_mod
+    import supercharge.cache_usage as usage
 
     stuck = _artifact(tmp_path, 1, 1000, age_days=40)
     real_replace = os.replace
@@ -69,9 +73,41 @@ def test_cache_prune_that_cannot_remove_a_folder_says_why_and_exits_1(
             raise PermissionError(13, "Permission denied", str(src))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(cache_mod.os, "replace", replace)
+    monkeypatch.setattr(usage.os, "replace", replace)
     code, out, err = run_cli("cache", "--artifact-dir", tmp_path, "--prune", "30")
     assert code == 1
-    assert err.startswith(f"could not remove onnx-model/{stuck.path.name}: cannot remove the ")
-    assert len(err.splitlines()) == 1 and "fix the permissions" in err
-    assert "removed 0 folders, 0 B" in out and stuck.path.is_dir()
+    assert err.startswith(f"could not remove onnx-model/{stuck.path.name}: cannot move it aside")
+    assert len(err.splitlines()) == 1 and "prune as the user who owns" in err
+    assert "removed 0 folders, 0 B (unused for 30 days)" in out and stuck.path.is_dir()
+
+
+def test_cache_of_a_dir_that_does_not_exist_says_so_and_creates_nothing(run_cli, tmp_path):
+    typo = tmp_path / "typo" / "dir"
+    code, out, err = run_cli("cache", "--artifact-dir", typo)
+    assert code == 2 and not out and len(err.splitlines()) == 1
+    assert f"artifact dir {typo} does not exist: nothing is cached there" in err
+    assert not typo.exists() and not typo.parent.exists()
+
+
+@pytest.mark.parametrize(
+    ("days", "said"),
+    [("1", "unused for 1 day"), ("0.5", "unused for 0.5 days"), ("-0", "unused for 0 days")],
+)
+def test_cache_prune_says_the_days_as_given(run_cli, tmp_path, days, said):
+    _artifact(tmp_path, 1, 10, age_days=40)
+    code, out, _ = run_cli("cache", "--artifact-dir", tmp_path, "--prune", days, "--dry-run")
+    assert code == 0 and f"({said})" in out
+
+
+def test_sizes_read_in_decimal_units():
+    from supercharge.cli import _size
+
+    assert [_size(n) for n in (0, 999, 999_949, 999_999, 1_500_000, 5 * 10**12, None)] == [
+        "0 B",
+        "999 B",
+        "999.9 KB",
+        "1.0 MB",
+        "1.5 MB",
+        "5000.0 GB",
+        "?",
+    ]

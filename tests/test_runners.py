@@ -657,25 +657,39 @@ def test_trt_engines_are_built_holding_the_timing_cache_lock(tiny_onnx, cache, m
     assert held and FileLock(str(held[0])).acquire(timeout=0)  # released after the build
 
 
-def test_trt_engine_and_timing_folders_are_marked_used_at_each_prepare(
+def test_trt_engine_and_timing_folders_are_marked_used_and_locked_while_built(
     tiny_onnx, cache, monkeypatch
 ):
-    """`supercharge cache --prune DAYS` goes by last use; ONNX Runtime reads a cached engine
-    without touching its folder, so the runner marks both folders itself."""
+    """`supercharge cache --prune DAYS` goes by last use and skips what is being built: ONNX
+    Runtime reads a cached engine without touching its folder, so the runner records the use,
+    and holds each folder's lock in .locks while it builds."""
     import os
     import time
 
-    monkeypatch.setattr(OrtRunner, "prepare", lambda self: None)  # the build needs TensorRT
+    from filelock import FileLock, Timeout
+
+    from supercharge.cache import folder_key, last_used, lock_path
+
+    held: list[Path] = []
+
+    def build(self):
+        for folder in (self.cache_dir, Path(self.providers()[0][1]["trt_timing_cache_path"])):
+            lock = lock_path(Path(cache.root), "ort-trt", folder_key(folder))
+            with pytest.raises(Timeout):
+                FileLock(str(lock)).acquire(timeout=0)
+            held.append(lock)
+
+    monkeypatch.setattr(OrtRunner, "prepare", build)
     runner = OrtTrtRunner(tiny_onnx, cache=cache, gpu=H200)
     runner.prepare()
-    options = runner.providers()[0][1]
-    folders = [runner.cache_dir, Path(options["trt_timing_cache_path"])]
+    assert len(held) == 2 and all(FileLock(str(lock)).acquire(timeout=0) for lock in held)
+    folders = [runner.cache_dir, Path(runner.providers()[0][1]["trt_timing_cache_path"])]
     assert all(f.parent == Path(cache.root) / "ort-trt" for f in folders), folders
     long_ago = time.time() - 90 * 86400
-    for folder in folders:
-        os.utime(folder, (long_ago, long_ago))
+    for path in folders + held:
+        os.utime(path, (long_ago, long_ago))
     runner.prepare()
-    assert all(time.time() - f.stat().st_mtime < 60 for f in folders)
+    assert all(time.time() - last_used(f) < 60 for f in folders)
 
 
 def test_an_unwritable_tensorrt_cache_folder_is_one_line(tiny_onnx, tmp_path):

@@ -17,20 +17,19 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import socket
-import stat
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from supercharge.errors import ArtifactError
 
@@ -108,11 +107,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _abandoned(name: str) -> bool:
-    """A temp entry whose builder is known dead: its pid is from this host and pid namespace
-    (a pid means nothing elsewhere) and no longer runs."""
+def builder_alive(name: str) -> bool | None:
+    """Whether the build that left temp entry `name` still runs: None when that cannot be told
+    from here (no pid, or a pid from another host or pid namespace, where it means nothing)."""
     m = _TEMP_NAME.match(name)
-    return bool(m) and m.group(2) == _PID_TAG and not _pid_alive(int(m.group(1)))
+    if m is None or m.group(2) != _PID_TAG:
+        return None
+    return _pid_alive(int(m.group(1)))
+
+
+def trash_path(path: Path) -> Path:
+    """Where `path` is moved before it is deleted: a temp name the sweeps recognise as ours."""
+    return path.with_name(f".trash-{os.getpid()}-{_PID_TAG}-{path.name}-{time.time_ns()}")
 
 
 def _remove(path: Path) -> None:
@@ -124,10 +130,51 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def touch(path: Path) -> None:
-    """Mark a cache folder used now, best effort (a read-only shared cache keeps its times)."""
+def lock_path(root: Path, kind: str, key: str) -> Path:
+    """The lock a build of `<root>/<kind>/<name>-<key>` holds; its mtime also records uses."""
+    return Path(root) / ".locks" / f"{kind}-{key}.lock"
+
+
+_FOLDER_KEY = re.compile(r"-([0-9a-f]{16,64})$")
+
+
+def folder_key(folder: Path) -> str | None:
+    """The key that ends a cache folder's name (artifacts, TensorRT's engine folders)."""
+    m = _FOLDER_KEY.search(folder.name)
+    return m.group(1) if m else None
+
+
+def mark_used(folder: Path) -> None:
+    """Record a use of `<root>/<kind>/<name>-<key>` now, for `supercharge cache --prune`.
+
+    Best effort, never an error: the folder's own mtime where this user may set it, and the
+    world-writable lock file beside the others in `.locks`, which also records a use by a user
+    who does not own the folder (a cache shared between CI users).
+    """
     with suppress(OSError):
-        os.utime(path)
+        os.utime(folder)
+    key = folder_key(folder)
+    if key is None:
+        return
+    marker = lock_path(folder.parent.parent, folder.parent.name, key)
+    with suppress(OSError):
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o666)
+        try:
+            with suppress(OSError):  # umask-proof, as filelock does; only the owner can
+                os.fchmod(fd, 0o666)
+        finally:
+            os.close(fd)
+        os.utime(marker)
+
+
+def last_used(folder: Path) -> float:
+    """When `folder` was last built or used (epoch seconds): its mtime or its marker's."""
+    times = [folder.stat().st_mtime]
+    key = folder_key(folder)
+    if key is not None:
+        with suppress(OSError):
+            times.append(lock_path(folder.parent.parent, folder.parent.name, key).stat().st_mtime)
+    return max(times)
 
 
 def sha256_file(path: Path) -> str:
@@ -138,55 +185,36 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-# (path, device, inode, size, mtime_ns) -> sha256: a file is hashed once per process, not at
-# every lookup (eva02's 1.2 GB export takes ~2 s to hash, and a session looks it up repeatedly).
-_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+# (path, device, inode, size, mtime_ns, ctime_ns) -> sha256: a file is hashed once per process,
+# not at every lookup (eva02's 1.2 GB export takes ~2 s to hash; a session looks it up often).
+# ctime cannot be set back by copying tools (cp -p, rsync -t restore mtime); a file changed less
+# than _RACY_NS before it was hashed is not remembered, since a same-size rewrite within one
+# timestamp tick (coarse on older kernels) would leave every field as it was (git's "racy" rule).
+_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
+_RACY_NS = 2_000_000_000
 
 
 def _digest(path: Path, st: os.stat_result) -> str:
-    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     digest = _DIGESTS.get(key)
     if digest is None:
-        digest = _DIGESTS[key] = sha256_file(path)
+        started = time.time_ns()
+        digest = sha256_file(path)
+        if started - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+            _DIGESTS[key] = digest
     return digest
 
 
-def _tree_size(path: Path) -> int:
-    """Bytes of the regular files under `path` (links not followed)."""
-    total = 0
-    for folder, _dirs, names in os.walk(path):
-        for name in names:
-            with suppress(OSError):
-                st = os.lstat(os.path.join(folder, name))
-                total += st.st_size if stat.S_ISREG(st.st_mode) else 0
-    return total
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One folder of the cache, as `supercharge cache` lists it."""
-
-    kind: str
-    path: Path
-    size: int  # bytes
-    last_used: float  # epoch seconds: the folder's mtime, which every hit touches
-    state: str  # "artifact" (has a manifest), "files" (no manifest, e.g. TensorRT's engine
-    # caches, or an artifact damaged beyond its manifest), "leftover" (an interrupted build's)
-    key: str | None = None  # an artifact's key, which names its build lock
-
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-
-@dataclass
-class Pruned:
-    """What `ArtifactCache.prune` removed (or, in a dry run, would remove), what it kept because
-    it is being built, and what it could not remove, with the reason."""
-
-    removed: list[Entry] = field(default_factory=list)
-    in_use: list[Entry] = field(default_factory=list)
-    failed: list[tuple[Entry, str]] = field(default_factory=list)
+def _make_build_dir(parent: Path, prefix: str) -> Path:
+    """A new folder `<prefix><random>` with the umask's permissions: mkdtemp's 0700 would be
+    published as is, and another user of a shared cache could then not read the artifact."""
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir(mode=0o777)
+            return path
+        except FileExistsError:
+            continue
 
 
 def _ensure_dir(path: Path) -> None:
@@ -212,13 +240,23 @@ class ArtifactCache:
     hit needs no lock. Only a miss, which would have to build, is an error there.
     """
 
-    def __init__(self, root: str | Path | None = None, log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        log: Callable[[str], None] | None = None,
+        create: bool = True,
+    ):
         self.root = Path(root).expanduser() if root is not None else default_root()
         self._log = log or (lambda msg: print(f"[supercharge] {msg}", file=sys.stderr, flush=True))
         if self.root.exists() and not self.root.is_dir():
             raise ArtifactError(
                 f"artifact dir {self.root} is a file, not a folder: pass --artifact-dir or set "
                 f"{ENV_VAR} to a folder"
+            )
+        if not create and not self.root.is_dir():
+            raise ArtifactError(
+                f"artifact dir {self.root} does not exist: nothing is cached there (check the "
+                f"path; --artifact-dir, else {ENV_VAR}, else the per-user cache is used)"
             )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -241,7 +279,7 @@ class ArtifactCache:
         if manifest is None:
             return None
         if not self.read_only:
-            touch(path)
+            mark_used(path)
         return Artifact(path, manifest, built=False)
 
     def get_or_build(self, spec: ArtifactSpec, build: Builder) -> Artifact:
@@ -259,13 +297,13 @@ class ArtifactCache:
         final = self.path_for(spec)
         _ensure_dir(final.parent)
         # 0o666: whoever else uses a shared cache must be able to open the lock file too.
-        lock_path = self._lock_path(spec.kind, spec.key)
-        lock = FileLock(str(lock_path), mode=0o666)
+        lock_file = lock_path(self.root, spec.kind, spec.key)
+        lock = FileLock(str(lock_file), mode=0o666)
         try:
             lock.acquire()
         except OSError as exc:
             raise ArtifactError(
-                f"cannot take lock file {lock_path} ({exc.strerror or exc}): fix its permissions "
+                f"cannot take lock file {lock_file} ({exc.strerror or exc}): fix its permissions "
                 f"or remove it (another user may own it), {_USE_ANOTHER}"
             ) from exc
         try:
@@ -280,87 +318,6 @@ class ArtifactCache:
         finally:
             lock.release()
 
-    def _lock_path(self, kind: str, key: str) -> Path:
-        return self.root / ".locks" / f"{kind}-{key}.lock"
-
-    def entries(self) -> list[Entry]:
-        """Every folder under the root's kind folders, without hashing anything."""
-        found: list[Entry] = []
-        kinds = sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != ".locks")
-        for kind_dir in kinds:
-            try:
-                children = sorted(kind_dir.iterdir())
-            except OSError:
-                continue
-            for path in children:
-                try:
-                    st = path.stat()
-                except OSError:
-                    continue
-                if not path.is_dir():
-                    continue
-                key, state = None, "leftover" if _TEMP_NAME.match(path.name) else "files"
-                if state == "files":
-                    with suppress(OSError, ValueError, AttributeError):
-                        key = json.loads((path / MANIFEST).read_text()).get("key")
-                    state = "artifact" if isinstance(key, str) and key else "files"
-                    key = key if state == "artifact" else None
-                found.append(Entry(kind_dir.name, path, _tree_size(path), st.st_mtime, state, key))
-        return found
-
-    def prune(self, unused_for_s: float, dry_run: bool = False, now: float | None = None) -> Pruned:
-        """Remove what was last used more than `unused_for_s` ago.
-
-        An artifact being built holds its lock and is kept (in use); removal is a rename aside
-        then a delete, so a reader never sees half an artifact, and a removed artifact is simply
-        rebuilt when next needed. Leftovers of interrupted builds go only when their builder is
-        dead (as in a build's own sweep), however recent. A folder that cannot be removed is
-        reported with the reason, and the others are still pruned.
-        """
-        if self.read_only:
-            raise ArtifactError(
-                f"artifact dir {self.root} is read-only: prune it where it is writable, "
-                f"{_USE_ANOTHER}"
-            )
-        cutoff = (time.time() if now is None else now) - unused_for_s
-        result = Pruned()
-        for entry in self.entries():
-            if entry.state == "leftover":
-                if _abandoned(entry.name):
-                    result.removed.append(entry)
-                    if not dry_run:
-                        _remove(entry.path)
-                continue
-            if entry.last_used > cutoff:
-                continue
-            if dry_run:
-                result.removed.append(entry)
-                continue
-            lock = None
-            try:
-                if entry.key is not None:
-                    lock = FileLock(str(self._lock_path(entry.kind, entry.key)), mode=0o666)
-                    lock.acquire(timeout=0)
-                self._discard(entry.path, "unused artifact")
-                result.removed.append(entry)
-            except Timeout:
-                result.in_use.append(entry)
-                lock = None
-            except ArtifactError as exc:
-                result.failed.append((entry, str(exc)))
-            except OSError as exc:  # the lock file, e.g. another user's
-                result.failed.append(
-                    (
-                        entry,
-                        f"cannot take its lock file ({exc.strerror or exc}): fix the "
-                        f"permissions of {self.root / '.locks'}",
-                    )
-                )
-            finally:
-                if lock is not None and lock.is_locked:
-                    lock.release()
-        return result
-
     def _sweep_abandoned(self, kind_dir: Path) -> None:
         """Delete temp entries of dead builders: a killed export leaves gigabytes behind.
 
@@ -373,7 +330,7 @@ class ArtifactCache:
         except OSError:
             return
         for entry in entries:
-            if _abandoned(entry.name):
+            if builder_alive(entry.name) is False:
                 pid = entry.name.split("-")[1]  # .build-<pid>-<tag>-...
                 self._log(f"removing {entry}, left by an interrupted build (pid {pid})")
                 _remove(entry)
@@ -381,7 +338,7 @@ class ArtifactCache:
     def _build(self, spec: ArtifactSpec, build: Builder, final: Path) -> Artifact:
         try:
             prefix = f".build-{os.getpid()}-{_PID_TAG}-"
-            tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+            tmp = _make_build_dir(final.parent, prefix)
         except OSError as exc:
             raise ArtifactError(
                 f"cannot create a build folder in {final.parent} ({exc.strerror or exc}): "
@@ -436,16 +393,16 @@ class ArtifactCache:
             )
 
     @staticmethod
-    def _discard(path: Path, what: str = "corrupt artifact") -> None:
+    def _discard(path: Path) -> None:
         """Move aside first (atomic), then delete, so no reader sees a half-deleted artifact."""
-        trash = path.with_name(f".trash-{os.getpid()}-{_PID_TAG}-{path.name}-{time.time_ns()}")
+        trash = trash_path(path)
         try:
             os.replace(path, trash)
         except FileNotFoundError:
             return
         except OSError as exc:
             raise ArtifactError(
-                f"cannot remove the {what} {path} ({exc.strerror or exc}): fix the "
+                f"cannot remove the corrupt artifact {path} ({exc.strerror or exc}): fix the "
                 f"permissions of {path.parent} or remove {path} by hand, {_USE_ANOTHER}"
             ) from exc
         _remove(trash)

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from supercharge.errors import SuperchargeError
 from supercharge.floors import SpeedupFloor, load_floors
@@ -150,11 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser(
         "cache",
         help="list the artifact cache, or prune what has not been used lately",
-        description="List every folder of the artifact cache (kind, size, when last used, name) "
-        "and the total. With --prune DAYS, remove those not used for DAYS days (0: all, except "
-        "what is being built right now): each reuse marks an artifact used, and a removed one is "
-        "rebuilt when next needed. Old graph revisions and version bumps leave artifacts no run "
-        "asks for again; a cache kept by CI runners grows until pruned.",
+        description="List every folder of the artifact cache (kind, size, when last built or "
+        "used, name) and the total. With --prune DAYS, remove those not used for DAYS days (0: "
+        "all but what another process is building right now; each reuse marks an artifact "
+        "used, and a removed one is rebuilt when next needed), and the temporary folders of "
+        "interrupted builds whose process is gone. Old graph revisions and version bumps leave "
+        "artifacts no run asks for again; a cache kept by CI runners grows until pruned. Exit "
+        "0; 1 when a folder could not be removed (named on stderr); 2 on bad input.",
     )
     ca.add_argument(
         "--artifact-dir",
@@ -181,11 +183,11 @@ def _days(text: str) -> float:
         days = float(text)
     except ValueError:
         days = float("nan")
-    if not (0 <= days < float("inf")):
+    if not (0 <= days < float("inf")):  # also refuses nan
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a number of days >= 0: e.g. 30, or 0 to remove everything"
         )
-    return days
+    return days + 0.0  # -0 -> 0
 
 
 def _artifact_dir(text: str) -> Path:
@@ -353,11 +355,15 @@ def cmd_gate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _size(n: int) -> str:
+def _size(n: int | None) -> str:
+    """Bytes as people read them (decimal units); '?' when unknown."""
+    if n is None:
+        return "?"
+    value = float(n)
     for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
+        if value < 999.95 or unit == "GB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
     raise AssertionError("unreachable")
 
 
@@ -365,23 +371,36 @@ def _when(epoch: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _total(entries: Sequence[Any]) -> str:
+    """'3 folders, 5.0 MB' (a lower bound, marked '+', when some folder is unreadable)."""
+    known = sum(e.size for e in entries if e.size is not None)
+    more = "+" if any(e.size is None for e in entries) else ""
+    return f"{_count(len(entries), 'folder')}, {_size(known)}{more}"
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
+    """List the cache's folders, or prune those unused for --prune DAYS (exit 1 if one could
+    not be removed)."""
+    from supercharge import cache_usage
     from supercharge.cache import ArtifactCache
 
     if args.dry_run and args.prune is None:
         raise SuperchargeError(
             "--dry-run lists what --prune DAYS would remove: add --prune DAYS (e.g. 30)"
         )
-    cache = ArtifactCache(args.artifact_dir)
+    cache = ArtifactCache(args.artifact_dir, create=False)
     if args.prune is None:
-        entries = cache.entries()
+        entries = cache_usage.entries(cache.root)
         for e in sorted(entries, key=lambda e: (e.kind, -e.last_used)):
             state = "" if e.state == "artifact" else f"  ({e.state})"
             print(f"{e.kind:<12} {_size(e.size):>9}  {_when(e.last_used)}  {e.name}{state}")
-        total = sum(e.size for e in entries)
-        print(f"{_folders(entries)}, {_size(total)} in {cache.root}")
+        print(f"{_total(entries)} in {cache.root}")
         return 0
-    pruned = cache.prune(args.prune * 86400.0, dry_run=args.dry_run)
+    pruned = cache_usage.prune(cache, args.prune * 86400.0, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for e in pruned.removed:
         print(f"{verb} {e.kind}/{e.name} ({_size(e.size)}, last used {_when(e.last_used)})")
@@ -390,18 +409,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
     for e, reason in pruned.failed:
         print(f"could not remove {e.kind}/{e.name}: {reason}", file=sys.stderr)
     gone = {e.path for e in pruned.removed}
-    left = [e for e in cache.entries() if e.path not in gone]
+    left = [e for e in cache_usage.entries(cache.root) if e.path not in gone]
+    whole = args.prune == int(args.prune)
+    days = _count(int(args.prune), "day") if whole else f"{args.prune:g} days"
     print(
-        f"{verb} {_folders(pruned.removed)}, {_size(sum(e.size for e in pruned.removed))} "
-        f"(unused for {args.prune:g} days); {_folders(left)}, "
-        f"{_size(sum(e.size for e in left))} {'would be ' if args.dry_run else ''}left in "
-        f"{cache.root}"
+        f"{verb} {_total(pruned.removed)} (unused for {days}); {_total(left)} "
+        f"{'would be ' if args.dry_run else ''}left in {cache.root}"
     )
     return 1 if pruned.failed else 0
-
-
-def _folders(entries: Sequence[object]) -> str:
-    return f"{len(entries)} folder{'' if len(entries) == 1 else 's'}"
 
 
 EXPORTED = ("baked", "seed")  # the merged graphs the CPU grid runs

@@ -26,6 +26,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -294,7 +295,7 @@ class OrtTrtRunner(OrtRunner):
             return
         from filelock import FileLock
 
-        from supercharge.cache import touch
+        from supercharge.cache import folder_key, lock_path, mark_used
         from supercharge.gpu import load_tensorrt
 
         load_tensorrt()  # a pip TensorRT's libraries are off the loader's path otherwise
@@ -308,11 +309,17 @@ class OrtTrtRunner(OrtRunner):
                     f"({exc.strerror or exc}): pass --artifact-dir (or set "
                     "SUPERCHARGE_ARTIFACT_DIR) to a writable cache"
                 ) from exc
-        for used in (self.cache_dir, Path(options["trt_timing_cache_path"])):
-            if used is not None:
-                touch(used)  # used now: `supercharge cache --prune DAYS` keeps them
-        with FileLock(str(Path(options["trt_timing_cache_path"]) / ".build.lock")):
-            super().prepare()
+        folders = [Path(options["trt_engine_cache_path"]).parent]
+        folders.append(Path(options["trt_timing_cache_path"]))
+        with ExitStack() as held:
+            for folder in folders:  # what `supercharge cache --prune` checks and records
+                key = folder_key(folder)
+                if key is not None and folder.parent.name == CACHE_KIND:
+                    lock = lock_path(self.cache_root, CACHE_KIND, key)
+                    held.enter_context(FileLock(str(lock), mode=0o666))
+                mark_used(folder)
+            with FileLock(str(Path(options["trt_timing_cache_path"]) / ".build.lock")):
+                super().prepare()
 
     def place(self, batch: Any) -> Any:
         shape, profile = tuple(batch.shape), self.profile()
