@@ -434,19 +434,42 @@ def test_a_use_is_recorded_where_the_folder_belongs_to_another_user(tmp_path, mo
     assert time.time() - cache_mod.last_used(art.path) < 60
 
 
-def test_a_read_only_cache_records_no_use(tmp_path, monkeypatch):
-    cache = _quiet(tmp_path)
-    art = cache.get_or_build(_spec(), CountingBuilder())
+def test_a_read_only_cache_records_uses_where_it_may_and_never_fails_for_it(tmp_path, monkeypatch):
+    """A shared cache read-only to this user (its root and folders are the builder's) still
+    takes a use in the world-writable lock file; on a read-only mount nothing can be written,
+    and the hit is served all the same."""
+    art = _quiet(tmp_path).get_or_build(_spec(), CountingBuilder())
+    marker = tmp_path / ".locks" / f"test-kind-{_spec().key}.lock"
     _age(art.path, 40)
-    before = cache_mod.last_used(art.path)
-    real_access = os.access
+    _age(marker, 40)
+    real_access, real_utime, real_open = os.access, os.utime, os.open
     monkeypatch.setattr(
         cache_mod.os,
         "access",
         lambda p, mode: False if Path(p) == tmp_path else real_access(p, mode),
     )
-    assert _quiet(tmp_path).lookup(_spec()) is not None
-    assert cache_mod.last_used(art.path) == before
+
+    def utime(path, *args, **kwargs):
+        if Path(path) == art.path or mount_read_only:
+            raise OSError(errno.EPERM if not mount_read_only else errno.EROFS, "denied", path)
+        return real_utime(path, *args, **kwargs)
+
+    def open_(path, *args, **kwargs):
+        if mount_read_only:
+            raise OSError(errno.EROFS, "Read-only file system", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(cache_mod.os, "utime", utime)
+    monkeypatch.setattr(cache_mod.os, "open", open_)
+    shared = _quiet(tmp_path)
+    assert shared.read_only
+    mount_read_only = True
+    assert shared.lookup(_spec()) is not None
+    assert cache_mod.last_used(art.path) < time.time() - 39 * 86400
+    mount_read_only = False
+    assert shared.lookup(_spec()) is not None
+    assert art.path.stat().st_mtime < time.time() - 39 * 86400  # not this user's folder
+    assert time.time() - cache_mod.last_used(art.path) < 60  # its lock file took the use
 
 
 def test_published_folders_follow_the_umask_so_other_users_can_read_them(tmp_path):

@@ -239,3 +239,43 @@ def test_prune_reports_a_folder_it_cannot_remove_and_removes_the_others(
     assert "prune as the user who owns" in reason
     assert stuck.path.is_dir() and cache.lookup(_spec(v=1)) is not None  # whole, usable
     assert [p.name for p in (tmp_path / "test-kind").iterdir()] == [stuck.path.name]
+
+
+def test_prune_never_follows_a_link_out_of_the_cache(tmp_path):
+    """In a world-writable shared cache anyone can plant a link; a prune by another user (or
+    root's cron) must not delete what it points to."""
+    cache_dir, victim = tmp_path / "cache", tmp_path / "victim"
+    cache = _quiet(cache_dir)
+    (victim / "work-0123456789abcdef").mkdir(parents=True)  # named like a cache folder, even
+    (victim / "work-0123456789abcdef" / "thesis.tex").write_text("years of work")
+    (cache_dir / "evil-kind").symlink_to(victim)
+    (cache_dir / "ort-trt").mkdir()
+    (cache_dir / "ort-trt" / "evil-fedcba9876543210").symlink_to(victim)
+    _age(victim / "work-0123456789abcdef", 100)
+    assert usage.entries(cache_dir) == []
+    assert usage.prune(cache, 0).removed == []
+    assert (victim / "work-0123456789abcdef" / "thesis.tex").read_text() == "years of work"
+
+
+def test_prune_refuses_a_folder_that_is_not_a_cache(tmp_path):
+    project = tmp_path / "myproject"
+    for sub in ("src", "docs"):
+        (project / sub / "pkg").mkdir(parents=True)
+        _age(project / sub / "pkg", 100)
+    not_a_cache = cache_mod.ArtifactCache(project, log=lambda m: None, create=False)
+    with pytest.raises(ArtifactError) as info:
+        usage.prune(not_a_cache, 0)
+    assert "\n" not in str(info.value)
+    assert str(info.value).startswith(f"{project} is not an artifact cache (it has no .locks")
+    assert sorted(p.name for p in project.iterdir()) == ["docs", "src"]
+    assert (project / "src" / "pkg").is_dir() and not (project / ".locks").exists()
+
+
+def test_folders_not_named_as_the_cache_names_them_are_listed_and_never_pruned(tmp_path):
+    cache = _quiet(tmp_path)
+    mine = tmp_path / "onnx-model" / "notes"
+    mine.mkdir(parents=True)
+    _age(mine, 100)
+    [entry] = usage.entries(tmp_path)
+    assert (entry.path, entry.state) == (mine, "foreign")
+    assert usage.prune(cache, 0).removed == [] and mine.is_dir()

@@ -87,6 +87,10 @@ def test_cache_of_a_dir_that_does_not_exist_says_so_and_creates_nothing(run_cli,
     assert code == 2 and not out and len(err.splitlines()) == 1
     assert f"artifact dir {typo} does not exist: nothing is cached there" in err
     assert not typo.exists() and not typo.parent.exists()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert run_cli("cache", "--artifact-dir", plain)[0] == 0
+    assert list(plain.iterdir()) == []  # listing writes nothing, not even .locks
 
 
 @pytest.mark.parametrize(

@@ -679,9 +679,22 @@ def test_trt_engine_and_timing_folders_are_marked_used_and_locked_while_built(
                 FileLock(str(lock)).acquire(timeout=0)
             held.append(lock)
 
+    real_mkdir = Path.mkdir
+    created: list[Path] = []
+
+    def mkdir(self, *args, **kwargs):  # a prune between mkdir and lock would remove them
+        if self.parent == Path(cache.root) / "ort-trt":
+            with pytest.raises(Timeout):
+                lock = lock_path(Path(cache.root), "ort-trt", folder_key(self))
+                FileLock(str(lock)).acquire(timeout=0)
+            created.append(self)
+        return real_mkdir(self, *args, **kwargs)
+
     monkeypatch.setattr(OrtRunner, "prepare", build)
+    monkeypatch.setattr(Path, "mkdir", mkdir)
     runner = OrtTrtRunner(tiny_onnx, cache=cache, gpu=H200)
     runner.prepare()
+    assert created  # the timing folder at least: checked under its lock
     assert len(held) == 2 and all(FileLock(str(lock)).acquire(timeout=0) for lock in held)
     folders = [runner.cache_dir, Path(runner.providers()[0][1]["trt_timing_cache_path"])]
     assert all(f.parent == Path(cache.root) / "ort-trt" for f in folders), folders

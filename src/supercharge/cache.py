@@ -237,7 +237,8 @@ class ArtifactCache:
 
     A root that exists but is read-only (a cache built once and shared, e.g. mounted into CI
     runners) serves every artifact it holds: artifacts are published whole by a rename, so a
-    hit needs no lock. Only a miss, which would have to build, is an error there.
+    hit needs no lock. Only a miss, which would have to build, is an error there. With
+    `create=False` (listing) nothing is created, not even the root.
     """
 
     def __init__(
@@ -266,7 +267,7 @@ class ArtifactCache:
                 f"pass --artifact-dir or set {ENV_VAR} to a writable directory"
             ) from exc
         self.read_only = not os.access(self.root, os.W_OK)
-        if not self.read_only:
+        if create and not self.read_only:
             _ensure_dir(self.root / ".locks")
 
     def path_for(self, spec: ArtifactSpec) -> Path:
@@ -278,8 +279,7 @@ class ArtifactCache:
         manifest = self._verified_manifest(path, spec)
         if manifest is None:
             return None
-        if not self.read_only:
-            mark_used(path)
+        mark_used(path)  # also in a read-only cache, where its lock file may be writable
         return Artifact(path, manifest, built=False)
 
     def get_or_build(self, spec: ArtifactSpec, build: Builder) -> Artifact:

@@ -49,11 +49,17 @@ class Entry:
     last_used: float  # epoch seconds: built, or last reused (cache.last_used)
     state: str  # "artifact" (has a manifest), "files" (none: TensorRT's engine folders, or an
     # artifact damaged beyond its manifest), "leftover" (an interrupted build's temp folder),
-    # "unreadable" (this user may not read all of it)
+    # "unreadable" (this user may not read all of it), "foreign" (not named as the cache names
+    # its folders: listed, never pruned)
 
     @property
     def name(self) -> str:
         return self.path.name
+
+    @property
+    def label(self) -> str:
+        """`kind/name`, or the kind alone for a kind folder that could not be listed."""
+        return self.kind if self.path.name == self.kind else f"{self.kind}/{self.name}"
 
 
 @dataclass
@@ -91,6 +97,8 @@ def _entry(kind: str, path: Path) -> Entry | None:
     size = _tree_size(path)
     if leftover:
         state = "leftover"
+    elif folder_key(path) is None:
+        state = "foreign"
     elif size is None:
         state = "unreadable"
     else:
@@ -101,9 +109,14 @@ def _entry(kind: str, path: Path) -> Entry | None:
 def entries(root: Path) -> list[Entry]:
     """Every folder under the root's kind folders (not `.locks`), without hashing anything.
 
-    Links are not followed (the cache makes none); an unreadable kind folder is one entry."""
+    Links are never followed (the cache makes none, and one planted in a shared cache must not
+    lead a prune outside it); an unreadable kind folder is one entry."""
     try:
-        kinds = sorted(p for p in Path(root).iterdir() if p.is_dir() and p.name != ".locks")
+        kinds = sorted(
+            p
+            for p in Path(root).iterdir()
+            if p.is_dir() and not p.is_symlink() and p.name != ".locks"
+        )
     except OSError as exc:
         raise ArtifactError(
             f"cannot list artifact dir {root} ({exc.strerror or exc}): fix its permissions, "
@@ -134,6 +147,13 @@ def prune(
     `unused_for_s`, the longer. A folder that cannot be removed is reported with the reason and
     left whole where possible, and the others are still pruned.
     """
+    locks = cache.root / ".locks"
+    if not locks.is_dir() or locks.is_symlink():
+        raise ArtifactError(
+            f"{cache.root} is not an artifact cache (it has no .locks folder): nothing pruned; "
+            "pass the cache's own folder to --artifact-dir"
+        )
+    listed = entries(cache.root)
     if cache.read_only and not dry_run:
         raise ArtifactError(
             f"artifact dir {cache.root} is read-only: prune it where it is writable, or list "
@@ -142,7 +162,7 @@ def prune(
     now = time.time() if now is None else now
     cutoff = now - unused_for_s
     result = Pruned()
-    for entry in entries(cache.root):
+    for entry in listed:
         if entry.state == "leftover":
             alive = builder_alive(entry.name)
             quiet_since = min(cutoff, now - UNKNOWN_BUILDER_S)
@@ -154,7 +174,7 @@ def prune(
                         result.removed.pop()
                         result.failed.append((entry, reason))
             continue
-        if entry.last_used > cutoff:
+        if entry.state == "foreign" or entry.last_used > cutoff:
             continue
         if entry.state == "unreadable":
             reason = "cannot read all of it: prune as the user who owns it, or fix its permissions"
@@ -210,7 +230,7 @@ def _prune_one(root: Path, entry: Entry, cutoff: float, result: Pruned) -> None:
 def _delete(path: Path, restore: bool) -> str | None:
     """Move `path` aside, then delete it; the reason it could not be, or None.
 
-    If the delete fails (files of another user), the folder is moved back when `restore`: a
+    If the delete fails (files of another user), what is left is moved back when `restore`: a
     whole artifact stays usable, and a partly deleted one is found corrupt and rebuilt."""
     trash = trash_path(path)
     try:
@@ -225,11 +245,11 @@ def _delete(path: Path, restore: bool) -> str | None:
     try:
         shutil.rmtree(trash)
     except OSError as exc:
-        where = f"{trash} is left"
+        where = f"what is left is in {trash}"
         if restore:
             with suppress(OSError):
                 os.replace(trash, path)
-                where = "kept"
+                where = "what is left was put back"
         return (
             f"cannot delete {exc.filename} ({exc.strerror or exc}): prune as the user who owns "
             f"it, or fix its permissions ({where})"

@@ -403,11 +403,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
     pruned = cache_usage.prune(cache, args.prune * 86400.0, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for e in pruned.removed:
-        print(f"{verb} {e.kind}/{e.name} ({_size(e.size)}, last used {_when(e.last_used)})")
+        print(f"{verb} {e.label} ({_size(e.size)}, last used {_when(e.last_used)})")
     for e in pruned.in_use:
-        print(f"kept {e.kind}/{e.name}: another process is building it")
+        print(f"kept {e.label}: another process is building it")
+    cannot = "would not be able to remove" if args.dry_run else "could not remove"
     for e, reason in pruned.failed:
-        print(f"could not remove {e.kind}/{e.name}: {reason}", file=sys.stderr)
+        print(f"{cannot} {e.label}: {reason}", file=sys.stderr)
     gone = {e.path for e in pruned.removed}
     left = [e for e in cache_usage.entries(cache.root) if e.path not in gone]
     whole = args.prune == int(args.prune)

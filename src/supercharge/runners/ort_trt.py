@@ -300,25 +300,35 @@ class OrtTrtRunner(OrtRunner):
 
         load_tensorrt()  # a pip TensorRT's libraries are off the loader's path otherwise
         options = dict(self.providers())[TRT_PROVIDER]
-        for key in ("trt_engine_cache_path", "trt_timing_cache_path"):
-            try:
-                Path(options[key]).mkdir(parents=True, exist_ok=True)
-            except OSError as exc:  # a read-only shared cache: engines are built per machine
-                raise SuperchargeError(
-                    f"cannot create the TensorRT cache folder {options[key]} "
-                    f"({exc.strerror or exc}): pass --artifact-dir (or set "
-                    "SUPERCHARGE_ARTIFACT_DIR) to a writable cache"
-                ) from exc
-        folders = [Path(options["trt_engine_cache_path"]).parent]
-        folders.append(Path(options["trt_timing_cache_path"]))
+        paths = [Path(options[k]) for k in ("trt_engine_cache_path", "trt_timing_cache_path")]
+        folders = [paths[0].parent, paths[1]]  # <root>/ort-trt/<slug>-<key>: what prune sees
         with ExitStack() as held:
-            for folder in folders:  # what `supercharge cache --prune` checks and records
+            # Locked before they are created or used: `supercharge cache --prune` skips them.
+            for folder in folders:
                 key = folder_key(folder)
-                if key is not None and folder.parent.name == CACHE_KIND:
-                    lock = lock_path(self.cache_root, CACHE_KIND, key)
+                if key is None or folder.parent != self.cache_root / CACHE_KIND:
+                    continue
+                lock = lock_path(self.cache_root, CACHE_KIND, key)
+                try:
                     held.enter_context(FileLock(str(lock), mode=0o666))
+                except OSError as exc:
+                    raise SuperchargeError(
+                        f"cannot take lock file {lock} ({exc.strerror or exc}): fix its "
+                        "permissions, or pass --artifact-dir (or set SUPERCHARGE_ARTIFACT_DIR) "
+                        "to a writable cache"
+                    ) from exc
+            for path in paths:
+                try:
+                    path.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:  # a read-only shared cache: engines are built per machine
+                    raise SuperchargeError(
+                        f"cannot create the TensorRT cache folder {path} "
+                        f"({exc.strerror or exc}): pass --artifact-dir (or set "
+                        "SUPERCHARGE_ARTIFACT_DIR) to a writable cache"
+                    ) from exc
+            for folder in folders:
                 mark_used(folder)
-            with FileLock(str(Path(options["trt_timing_cache_path"]) / ".build.lock")):
+            with FileLock(str(paths[1] / ".build.lock")):
                 super().prepare()
 
     def place(self, batch: Any) -> Any:
