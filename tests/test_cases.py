@@ -102,6 +102,19 @@ def test_a_report_dir_that_cannot_be_written_stops_the_run_before_it_starts(pyte
     assert f"{blocker} is not a folder: pass a writable folder" in result.stderr
 
 
+def test_an_unknown_hypothesis_profile_is_a_usage_error_naming_ours(pytester_run):
+    result = pytester_run("--hypothesis-profile", "nope", "--collect-only", "accuracy")
+    assert result.returncode == 4 and "INTERNALERROR" not in result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        "ERROR: --hypothesis-profile 'nope' is not registered: use fast (the default, 25 "
+        "examples) or thorough (1000)"
+    )
+    assert (
+        pytester_run("--hypothesis-profile", "thorough", "--collect-only", "accuracy").returncode
+        == 0
+    )
+
+
 def test_an_unknown_model_is_one_usage_error_not_one_per_case(pytester_run):
     result = pytester_run(
         "perf", "--model", "nope", "--backends", "torch-cpu", "--preprocess", "timm",

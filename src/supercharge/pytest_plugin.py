@@ -75,9 +75,12 @@ def _pyproject(config: pytest.Config) -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+@pytest.hookimpl(tryfirst=True)  # before hypothesis' own, which fails with an INTERNALERROR
 def pytest_configure(config: pytest.Config) -> None:
     from supercharge.floors import load_floors
     from supercharge.report import SuiteResults
+
+    _check_hypothesis_profile(config)
 
     config.addinivalue_line("markers", "gpu: needs a CUDA device")
     config.stash[_RESULTS] = SuiteResults()
@@ -126,6 +129,26 @@ def _register_hypothesis_profiles() -> None:
 
 
 _register_hypothesis_profiles()
+
+
+def _check_hypothesis_profile(config: pytest.Config) -> None:
+    """--hypothesis-profile NAME must be registered: a usage error naming ours, not hypothesis'
+    INTERNALERROR traceback."""
+    try:
+        name = config.getoption("--hypothesis-profile")
+        from hypothesis import settings
+        from hypothesis.errors import InvalidArgument
+    except (ValueError, ImportError):  # hypothesis not installed: no such option
+        return
+    if not name:
+        return
+    try:
+        settings.get_profile(name)
+    except InvalidArgument:
+        raise pytest.UsageError(
+            f"--hypothesis-profile {name!r} is not registered: use fast (the default, 25 "
+            "examples) or thorough (1000)"
+        ) from None
 
 
 def gpu_unavailable_reason(backend: str | None = None, preprocess: str | None = None) -> str | None:
