@@ -511,3 +511,16 @@ def test_a_file_changed_just_before_hashing_is_not_remembered(tmp_path, monkeypa
     monkeypatch.setattr(cache_mod, "sha256_file", lambda p: hashed.append(p) or real(p))
     assert cache.lookup(_spec()) is not None and cache.lookup(_spec()) is not None
     assert len(hashed) == 2
+
+
+def test_the_cache_root_is_tagged_for_backup_tools_once(tmp_path):
+    _quiet(tmp_path).get_or_build(_spec(), CountingBuilder())
+    tag = tmp_path / "CACHEDIR.TAG"
+    assert tag.read_bytes().startswith(b"Signature: 8a477f597d28d172789f06886806bc55")
+    tag.write_text(tag.read_text() + "# a user's note\n")
+    _quiet(tmp_path)
+    assert tag.read_text().endswith("# a user's note\n")  # never rewritten
+    listing = tmp_path / "listed"
+    listing.mkdir()
+    cache_mod.ArtifactCache(listing, log=lambda m: None, create=False)
+    assert list(listing.iterdir()) == []  # listing writes nothing

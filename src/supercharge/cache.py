@@ -205,6 +205,21 @@ def _digest(path: Path, st: os.stat_result) -> str:
     return digest
 
 
+CACHEDIR_TAG = "CACHEDIR.TAG"
+_TAG = (
+    "Signature: 8a477f597d28d172789f06886806bc55\n"
+    "# This file is a cache directory tag created by supercharge-timm: backup tools that honour\n"
+    "# https://bford.info/cachedir/ skip this folder; `supercharge cache --prune` trims it.\n"
+)
+
+
+def _tag_as_cache(root: Path) -> None:
+    """Write CACHEDIR.TAG once, best effort: backups (tar --exclude-caches, borg, restic) then
+    skip gigabytes that any run rebuilds."""
+    with suppress(OSError), open(root / CACHEDIR_TAG, "x") as f:
+        f.write(_TAG)
+
+
 def _make_build_dir(parent: Path, prefix: str) -> Path:
     """A new folder `<prefix><random>` with the umask's permissions: mkdtemp's 0700 would be
     published as is, and another user of a shared cache could then not read the artifact."""
@@ -269,6 +284,7 @@ class ArtifactCache:
         self.read_only = not os.access(self.root, os.W_OK)
         if create and not self.read_only:
             _ensure_dir(self.root / ".locks")
+            _tag_as_cache(self.root)
 
     def path_for(self, spec: ArtifactSpec) -> Path:
         return self.root / spec.kind / spec.dirname
