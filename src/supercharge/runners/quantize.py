@@ -110,6 +110,71 @@ def _data_config(model: ModelBundle | ModelRef, onnx_artifact: Artifact) -> dict
     return dict(config)
 
 
+QDQ_FUSIONS_FIXED = (1, 32)
+
+
+def warn_if_qdq_fusions_are_unreliable(version: str | None = None) -> str | None:
+    """The warning (also issued) when this onnxruntime's CPU QDQ fusions are known to go wrong.
+
+    onnxruntime before 1.32 (1.30.0 and 1.31.1 measured; onnxruntime-gpu has no 1.32 yet) runs
+    the same, correct int8 QDQ model of a timm ViT with logits at cosine 0.42 to fp32 once
+    QDQSelectorActionTransformer fuses it, 0.999 with it disabled or on 1.32; CNNs (lite0)
+    were right. The accuracy gates catch it per model; this says why before they do.
+    """
+    if version is None:
+        import onnxruntime
+
+        version = onnxruntime.__version__
+    try:
+        parsed = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return None
+    if parsed >= QDQ_FUSIONS_FIXED:
+        return None
+    import warnings
+
+    message = (
+        f"onnxruntime {version}'s CPU QDQ fusions give wrong int8 results for some models "
+        "(a timm ViT: logits at cosine 0.42 to fp32; fixed in onnxruntime 1.32): trust int8 "
+        "only where the accuracy gates pass, or install onnxruntime>=1.32"
+    )
+    warnings.warn(message, stacklevel=3)
+    return message
+
+
+def _pre_process(source: Path, prepared: Path, external: bool, name: str) -> str:
+    """quant_pre_process, with ORT's symbolic shape inference where it works; what was used.
+
+    That inference is version-fragile: onnxruntime 1.30's crashes on timm ViT exports
+    (IndexError in _infer_Concat; 1.31 and 1.32 are fine). ONNX's own shape inference then
+    does, and the int8 model is still checked against fp32 (manifest "check", and the accuracy
+    gates), so the fallback is said and recorded, not silent.
+    """
+    import warnings
+
+    import onnxruntime
+    from onnxruntime import quantization as q
+
+    options = {
+        "save_as_external_data": external,
+        "all_tensors_to_one_file": True,
+        "external_data_location": DATA_FILE if external else None,
+    }
+    try:
+        q.quant_pre_process(str(source), str(prepared), **options)
+        return "symbolic"
+    except Exception as exc:  # any failure inside ORT's shape inference
+        why = (
+            f"onnxruntime {onnxruntime.__version__}'s symbolic shape inference failed on "
+            f"{name} ({type(exc).__name__}: {exc})"
+        )
+    for leftover in prepared.parent.glob(prepared.name + "*"):
+        leftover.unlink()
+    q.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, **options)
+    warnings.warn(f"{why}: int8 pre-processing used ONNX shape inference alone", stacklevel=2)
+    return f"onnx only: {why}"
+
+
 class _Batches:
     """onnxruntime.quantization's CalibrationDataReader protocol over preprocessed batches."""
 
@@ -164,6 +229,7 @@ def quantized_model(
     """
     import onnxruntime as ort
 
+    warn_if_qdq_fusions_are_unreliable()
     onnx_artifact = export_onnx(model, cache)
     paths = calibration_paths(calibration)
     data_config = _data_config(model, onnx_artifact)
@@ -191,16 +257,10 @@ def quantized_model(
         external = onnx_artifact.file(DATA_FILE).exists()
         out = out_dir / MODEL_FILE
         with tempfile.TemporaryDirectory(prefix="supercharge-quant-") as work:
-            prepared = source
+            prepared, shapes = source, None
             if settings.pre_process:
                 prepared = Path(work) / MODEL_FILE
-                q.quant_pre_process(
-                    str(source),
-                    str(prepared),
-                    save_as_external_data=external,
-                    all_tensors_to_one_file=True,
-                    external_data_location=DATA_FILE if external else None,
-                )
+                shapes = _pre_process(source, prepared, external, model.name)
             q.quantize_static(
                 str(prepared),
                 str(out),
@@ -220,6 +280,7 @@ def quantized_model(
             "input_size": onnx_artifact.manifest.get("input_size"),
             "data_config": data_config,
             "source_onnx": onnx_artifact.manifest["key"],
+            "shape_inference": shapes,
             "check": _agreement(source, out, input_name, batch),
         }
 
