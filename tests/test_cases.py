@@ -122,6 +122,8 @@ def test_an_unknown_model_is_one_usage_error_not_one_per_case(pytester_run):
     )  # fmt: skip
     assert result.returncode == 4
     assert result.stderr.strip() == "ERROR: unknown model 'nope': see timm.list_models()"
+    listed = pytester_run("--collect-only", "-q", "perf", "--model", "nope")
+    assert listed.returncode == 4 and "nope-" not in listed.stdout  # refused before any id
 
 
 def test_setup_errors_are_one_line(pytester_run, tmp_path):

@@ -89,6 +89,10 @@ def pytest_configure(config: pytest.Config) -> None:
     forbid_tf32()  # before any CUDA library loads: fp32 cases are strict fp32, TensorRT's too
     try:
         _grid_selection(config)
+        if config.getoption("--model") != DEFAULT_MODEL:  # before --collect-only lists its ids
+            from supercharge.models import check_model_name
+
+            check_model_name(config.getoption("--model"))
         pyproject = _pyproject(config)
         config.stash[_FLOORS] = load_floors(pyproject) if pyproject else []
     except SuperchargeError as exc:
