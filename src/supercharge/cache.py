@@ -144,6 +144,12 @@ def folder_key(folder: Path) -> str | None:
     return m.group(1) if m else None
 
 
+def folder_lock_path(folder: Path) -> Path | None:
+    """lock_path of the cache folder `<root>/<kind>/<name>-<key>`; None if its name has no key."""
+    key = folder_key(folder)
+    return lock_path(folder.parent.parent, folder.parent.name, key) if key else None
+
+
 def mark_used(folder: Path) -> None:
     """Record a use of `<root>/<kind>/<name>-<key>` now, for `supercharge cache --prune`.
 
@@ -153,10 +159,9 @@ def mark_used(folder: Path) -> None:
     """
     with suppress(OSError):
         os.utime(folder)
-    key = folder_key(folder)
-    if key is None:
+    marker = folder_lock_path(folder)
+    if marker is None:
         return
-    marker = lock_path(folder.parent.parent, folder.parent.name, key)
     with suppress(OSError):
         fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o666)
         try:
@@ -170,10 +175,10 @@ def mark_used(folder: Path) -> None:
 def last_used(folder: Path) -> float:
     """When `folder` was last built or used (epoch seconds): its mtime or its marker's."""
     times = [folder.stat().st_mtime]
-    key = folder_key(folder)
-    if key is not None:
+    marker = folder_lock_path(folder)
+    if marker is not None:
         with suppress(OSError):
-            times.append(lock_path(folder.parent.parent, folder.parent.name, key).stat().st_mtime)
+            times.append(marker.stat().st_mtime)
     return max(times)
 
 

@@ -7,11 +7,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from supercharge.errors import SuperchargeError
 from supercharge.floors import SpeedupFloor, load_floors
 from supercharge.models import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from supercharge.cache_usage import Entry
 
 
 class UsageError(SuperchargeError):
@@ -368,14 +371,16 @@ def _size(n: int | None) -> str:
 
 
 def _when(epoch: float) -> str:
+    """Local date and minute."""
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))
 
 
 def _count(n: int, noun: str) -> str:
+    """'1 folder', '2 folders'."""
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _total(entries: Sequence[Any]) -> str:
+def _total(entries: Sequence[Entry]) -> str:
     """'3 folders, 5.0 MB' (a lower bound, marked '+', when some folder is unreadable)."""
     known = sum(e.size for e in entries if e.size is not None)
     more = "+" if any(e.size is None for e in entries) else ""

@@ -295,7 +295,7 @@ class OrtTrtRunner(OrtRunner):
             return
         from filelock import FileLock
 
-        from supercharge.cache import folder_key, lock_path, mark_used
+        from supercharge.cache import folder_lock_path, mark_used
         from supercharge.gpu import load_tensorrt
 
         load_tensorrt()  # a pip TensorRT's libraries are off the loader's path otherwise
@@ -305,10 +305,9 @@ class OrtTrtRunner(OrtRunner):
         with ExitStack() as held:
             # Locked before they are created or used: `supercharge cache --prune` skips them.
             for folder in folders:
-                key = folder_key(folder)
-                if key is None or folder.parent != self.cache_root / CACHE_KIND:
+                lock = folder_lock_path(folder)
+                if lock is None or folder.parent != self.cache_root / CACHE_KIND:
                     continue
-                lock = lock_path(self.cache_root, CACHE_KIND, key)
                 try:
                     held.enter_context(FileLock(str(lock), mode=0o666))
                 except OSError as exc:
