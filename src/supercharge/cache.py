@@ -107,6 +107,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def is_temp_name(name: str) -> bool:
+    """A build's or a discard's temporary entry (`.build-…`, `.trash-…`), with or without a pid."""
+    return name.startswith((".build-", ".trash-"))
+
+
 def builder_alive(name: str) -> bool | None:
     """Whether the build that left temp entry `name` still runs: None when that cannot be told
     from here (no pid, or a pid from another host or pid namespace, where it means nothing)."""

@@ -11,7 +11,6 @@ is removed, and moves a folder aside before deleting it, so a reader never sees 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import stat
 import time
@@ -27,12 +26,12 @@ from supercharge.cache import (
     builder_alive,
     folder_key,
     folder_lock_path,
+    is_temp_name,
     last_used,
     trash_path,
 )
 from supercharge.errors import ArtifactError
 
-_LEFTOVER = re.compile(r"\.(?:build|trash)-")
 # A leftover whose builder cannot be checked from here (another host, or a name without a pid)
 # goes only once nothing changed in it for this long, or for DAYS if longer: a build that wrote
 # nothing for a day is not running.
@@ -89,7 +88,7 @@ def _tree_size(path: Path) -> int | None:
 
 def _entry(kind: str, path: Path) -> Entry | None:
     """The entry for one folder, or None if it vanished while we looked."""
-    leftover = bool(_LEFTOVER.match(path.name))
+    leftover = is_temp_name(path.name)
     try:
         used = path.stat().st_mtime if leftover else last_used(path)
     except OSError:
@@ -167,12 +166,11 @@ def prune(
             alive = builder_alive(entry.name)
             quiet_since = min(cutoff, now - UNKNOWN_BUILDER_S)
             if alive is False or (alive is None and entry.last_used <= quiet_since):
-                result.removed.append(entry)
-                if not dry_run:
-                    reason = _delete(entry.path, restore=False)
-                    if reason is not None:
-                        result.removed.pop()
-                        result.failed.append((entry, reason))
+                reason = None if dry_run else _delete(entry.path, restore=False)
+                if reason is None:
+                    result.removed.append(entry)
+                else:
+                    result.failed.append((entry, reason))
             continue
         if entry.state == "foreign" or entry.last_used > cutoff:
             continue
