@@ -16,16 +16,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from supercharge.agreement import (
-    agreement_row,
-    expected_verdict,
-    format_row,
-    is_relative_only,
-    load_tolerances,
-)
+from supercharge.accuracy_report import format_row
+from supercharge.agreement import agreement_row, expected_verdict, is_relative_only
 from supercharge.errors import SuperchargeError
 from supercharge.preprocess import TimmPreprocess
 from supercharge.runners import create_runner
+from supercharge.tolerances import load_tolerances
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The accuracy gates themselves: metrics, tolerance loading, verdicts, tables, and proof that
+"""The accuracy gates themselves: metrics, verdicts, rows and their tables, and proof that
 they fail when a pipeline is wrong (wrong mean/std, the blog's seed preprocessing)."""
 
 from __future__ import annotations
@@ -11,19 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from supercharge.accuracy_report import accuracy_markdown, format_row
 from supercharge.agreement import (
-    DEFAULT_TOLERANCES,
-    Tolerances,
-    accuracy_markdown,
     agreement_row,
     compare,
     expected_verdict,
-    format_row,
     is_relative_only,
     judge,
-    load_tolerances,
 )
-from supercharge.errors import SuperchargeError
+from supercharge.tolerances import Tolerances, load_tolerances
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = [f"class {i}" for i in range(10)]
@@ -158,74 +154,6 @@ def test_is_relative_only_reads_the_weights_spec():
 def test_seed_is_the_expected_failure():
     assert expected_verdict("seed")[0] == "fail" and "blog" in expected_verdict("seed")[1]
     assert expected_verdict("baked") == ("pass", "")
-
-
-# --- tolerances --------------------------------------------------------------------------------
-
-
-def test_builtin_defaults_mirror_pyproject():
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        tomllib = pytest.importorskip("tomli")
-    with (ROOT / "pyproject.toml").open("rb") as fh:
-        table = tomllib.load(fh)["tool"]["supercharge"]["tolerances"]
-    assert table == DEFAULT_TOLERANCES
-    for precision in table:
-        assert load_tolerances(ROOT / "pyproject.toml").get(precision).min_cosine < 1
-
-
-def test_per_precision_and_per_preprocessing_overrides(tmp_path):
-    path = tmp_path / "pyproject.toml"
-    path.write_text(
-        "[project]\nname = 'x'\n\n"
-        "[tool.supercharge.tolerances.fp16]\nmin_cosine = 0.5\nmin_top5_overlap = 3\n\n"
-        "[tool.supercharge.tolerances.fp16.numpy]\nmax_prob_error = 0.25\n"
-    )
-    table = load_tolerances(path)
-    fp16 = table.get("fp16")
-    assert fp16.min_cosine == 0.5 and fp16.min_top5_overlap == 3
-    assert fp16.max_prob_error == DEFAULT_TOLERANCES["fp16"]["max_prob_error"]
-    assert fp16.source == "pyproject.toml: fp16"
-    numpy16 = table.get("fp16", "numpy")
-    assert numpy16.max_prob_error == 0.25 and numpy16.min_cosine == 0.5
-    assert numpy16.source == "pyproject.toml: fp16.numpy"
-    # untouched precisions keep their defaults; a preprocessing without a sub-table gets its
-    # precision's values (the shipped fp32 gates hold for baked too: 5/5 top-5)
-    assert table.get("fp32").min_cosine == DEFAULT_TOLERANCES["fp32"]["min_cosine"]
-    assert table.get("fp32", "baked").min_top5_overlap == 5
-    assert table.get("fp32", "baked").source.endswith(": fp32")
-
-
-def test_missing_table_gives_the_builtin_defaults(tmp_path):
-    path = tmp_path / "pyproject.toml"
-    path.write_text("[project]\nname = 'x'\n")
-    table = load_tolerances(path)
-    assert table.source == "built-in defaults"
-    assert table.get("int8").min_cosine == DEFAULT_TOLERANCES["int8"]["min_cosine"]
-
-
-@pytest.mark.parametrize(
-    ("text", "match"),
-    [
-        ("[tool.supercharge.tolerances.fp32]\nmin_cosin = 0.9\n", "unknown tolerance 'min_cosin'"),
-        ("[tool.supercharge.tolerances.fp32.bakd]\nmin_cosine = 0.9\n", "not a preprocessing"),
-        ("[tool.supercharge.tolerances.fp32]\nmin_cosine = 'high'\n", "must be a number"),
-        ("[tool.supercharge.tolerances.fp32\n", "cannot read tolerances"),
-    ],
-)
-def test_bad_tolerance_tables_are_one_line_errors(tmp_path, text, match):
-    path = tmp_path / "pyproject.toml"
-    path.write_text(text)
-    with pytest.raises(SuperchargeError, match=match):
-        load_tolerances(path)
-
-
-def test_unknown_precision_and_missing_file_are_errors(tmp_path):
-    with pytest.raises(SuperchargeError, match="no accuracy tolerances for precision 'fp8'"):
-        load_tolerances(ROOT / "pyproject.toml").get("fp8")
-    with pytest.raises(SuperchargeError, match="does not exist"):
-        load_tolerances(tmp_path / "nope.toml")
 
 
 # --- rows and tables ---------------------------------------------------------------------------

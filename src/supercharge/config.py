@@ -1,6 +1,6 @@
 """The suite's settings in pyproject.toml ([tool.supercharge]): finding the file and reading it.
 
-Accuracy tolerances (agreement) and speedup floors (floors) both live there, so a project keeps
+Accuracy tolerances (tolerances) and speedup floors (floors) both live there, so a project keeps
 its promises next to its dependencies, reviewed in the same pull requests.
 """
 

@@ -1,9 +1,10 @@
 """The session's report: speedup table (like the blog's), accuracy table, JSON and a bar chart.
 
-Measuring is pytest-benchmark's job and judging is agreement.py's; this module only turns what
-they recorded into tables and files. Speedups are ratios measured in one run: every case against
-PyTorch eager fp32 with timm's transform on the same device, model, batch size and timing group,
-timed around the case itself where the grid paired them (timing.time_call's `reference`).
+Measuring is pytest-benchmark's job, judging agreement.py's (accuracy_report.py formats its
+rows); this module turns what they recorded into tables and files. Speedups are ratios measured
+in one run: every case against PyTorch eager fp32 with timm's transform on the same device,
+model, batch size and timing group, timed around the case itself where the grid paired them
+(timing.time_call's `reference`).
 """
 
 from __future__ import annotations
@@ -362,7 +363,7 @@ def write_report(
         if chart is not None:
             written.append(chart)
     if results.accuracy:
-        from supercharge.agreement import accuracy_markdown
+        from supercharge.accuracy_report import accuracy_markdown
 
         table = accuracy_markdown(results.accuracy)
         text_parts.append(f"## Accuracy against PyTorch fp32 + timm preprocessing\n\n{table}")
