@@ -30,15 +30,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from supercharge.gpu import cupy_unavailable_reason
 from supercharge.preprocess.array_impl import ArrayPreprocess
+from supercharge.preprocess.baked_graph import build_preprocess_model
 from supercharge.preprocess.compare import LevelDiff, level_diff
-from supercharge.preprocess.onnx_graph import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    build_preprocess_model,
-    build_seed_model,
-    build_separable_model,
-)
+from supercharge.preprocess.onnx_graph import INPUT_NAME, OUTPUT_NAME
 from supercharge.preprocess.reference import timm_transform
+from supercharge.preprocess.seed_graph import build_seed_model
+from supercharge.preprocess.separable_graph import build_separable_model
 from supercharge.preprocess.spec import PreprocessSpec
 
 IMAGENET_MEAN, IMAGENET_STD = tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)

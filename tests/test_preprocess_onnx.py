@@ -19,18 +19,14 @@ from supercharge.models import resolve_model
 from supercharge.predict import top_k
 from supercharge.preprocess import pil_resample
 from supercharge.preprocess.array_impl import pass_order
+from supercharge.preprocess.baked_graph import build_preprocess_model
 from supercharge.preprocess.compare import LevelDiff, level_diff, to_levels
 from supercharge.preprocess.merge import _PREFIX as PREFIX
 from supercharge.preprocess.merge import DATA_FILE, KIND, merged_model, save_checked
-from supercharge.preprocess.onnx_graph import (
-    BAND,
-    INPUT_NAME,
-    OUTPUT_NAME,
-    build_preprocess_model,
-    build_seed_model,
-    build_separable_model,
-)
+from supercharge.preprocess.onnx_graph import BAND, INPUT_NAME, OUTPUT_NAME
 from supercharge.preprocess.reference import timm_transform
+from supercharge.preprocess.seed_graph import build_seed_model
+from supercharge.preprocess.separable_graph import build_separable_model
 from supercharge.preprocess.spec import PreprocessSpec
 
 # Real timm pretrained configs, chosen for what their preprocessing exercises (checked below).

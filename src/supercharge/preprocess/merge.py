@@ -17,13 +17,13 @@ from supercharge.cache import Artifact, ArtifactCache, ArtifactSpec
 from supercharge.errors import SuperchargeError
 from supercharge.export import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, export_onnx, versions
 from supercharge.models import ModelBundle, ModelRef, load_bundle
-from supercharge.preprocess import onnx_graph
+from supercharge.preprocess import baked_graph, onnx_graph, seed_graph, separable_graph
 from supercharge.preprocess.spec import PreprocessSpec
 
 VARIANTS = ("baked", "seed", "separable")
 KIND = "onnx-merged"
 DATA_FILE = MODEL_FILE + ".data"
-GRAPH_REVISION = 13  # bump when onnx_graph.py changes what it builds, so caches rebuild
+GRAPH_REVISION = 13  # bump when a *_graph.py changes what it builds, so caches rebuild
 # 2: Pillow's two 1-D resize passes, ordered by an If node (branches hold their own constants)
 # 3: NCHW resize, the first pass cropped to the center-crop window before the second
 # 4: separable: banded MatMuls over the crop window only
@@ -81,11 +81,13 @@ def build_preprocess(
 ) -> onnx.ModelProto:
     """The preprocessing graph of `variant` for a model with this opset and IR version."""
     if variant == "baked":
-        return onnx_graph.build_preprocess_model(spec, opset=opset, ir_version=ir_version)
+        return baked_graph.build_preprocess_model(spec, opset=opset, ir_version=ir_version)
     if variant == "seed":
-        return onnx_graph.build_seed_model(spec, opset=opset, ir_version=ir_version)
+        return seed_graph.build_seed_model(spec, opset=opset, ir_version=ir_version)
     assert image_size is not None
-    return onnx_graph.build_separable_model(spec, *image_size, opset=opset, ir_version=ir_version)
+    return separable_graph.build_separable_model(
+        spec, *image_size, opset=opset, ir_version=ir_version
+    )
 
 
 def default_opset(model: onnx.ModelProto) -> int:
