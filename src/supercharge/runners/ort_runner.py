@@ -122,10 +122,15 @@ def create_session(model_path: Path, providers: Providers, options: Any) -> Any:
         )
     except Exception as exc:  # ORT raises its own pybind exception types
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        if "graph capture" in reason:  # CUDA graphs need every node on the CUDA EP
+            fix = "run without cuda_graph (a graph with nodes on other providers cannot use it)"
+        else:
+            fix = (
+                "check the provider's libraries (supercharge.gpu.provider_unavailable_reason) "
+                "or pick another backend"
+            )
         raise ProviderError(
-            f"ONNX Runtime cannot load {model_path} with {requested} ({reason}): "
-            "check the provider's libraries (supercharge.gpu.provider_unavailable_reason) "
-            "or pick another backend"
+            f"ONNX Runtime cannot load {model_path} with {requested} ({reason}): {fix}"
         ) from exc
     session.disable_fallback()  # also where the enable_fallback keyword is not read
     ensure_provider(session, requested)
@@ -290,6 +295,10 @@ class OrtRunner(Runner):
         """The provider list, first one required; subclasses build theirs (options, cache dirs)."""
         return self._providers or [(self.provider, {})]
 
+    def warmup_batches(self) -> tuple[int, ...]:
+        """The batch sizes prepare() runs before any timing (placement is read on the first)."""
+        return self.batch_sizes
+
     @property
     def warmup_runs(self) -> int:
         # ORT captures a CUDA graph after a couple of ordinary runs; plain sessions need one.
@@ -317,7 +326,7 @@ class OrtRunner(Runner):
             self.session = session
             try:
                 # Engine builds, cuDNN autotuning and graph capture all happen here, never timed.
-                for i, n in enumerate(self.batch_sizes):
+                for i, n in enumerate(self.warmup_batches()):
                     sample = np.zeros(self.profile_shape(n), dtype=self._input_type)
                     for _ in range(self.warmup_runs):
                         self.run(sample)

@@ -1,14 +1,21 @@
 """ONNX Runtime on the TensorRT execution provider, CUDA EP behind it for what TensorRT rejects.
 
-Engines are built in prepare() (one warm-up per batch size against one explicit optimisation
-profile covering all of them), never in run(): place() refuses a shape outside the profile,
-which would otherwise make the EP rebuild the engine inside a timed region. Engines live in the
-artifact cache root, in a folder keyed by everything that makes an engine non-portable: the
-model file, GPU name and compute capability, TensorRT and ONNX Runtime versions, precision,
-profile shapes and builder level. Old engines are never reused by accident. The timing cache
-(TensorRT's measured kernel timings, by layer) is shared by every engine built for one GPU and
-one set of versions: the model graph, its baked variants and each image size's engine have the
-same layers, so later builds skip most of the kernel timing.
+Engines are built in prepare() (warm-ups at every batch size and at the profile's smallest and
+largest, against one explicit optimisation profile covering all of them), never in run():
+place() refuses a shape outside the profile, which would otherwise make the EP rebuild the
+engine inside a timed region. When ONNX Runtime splits a graph between TensorRT and the CUDA EP
+(an op TensorRT rejects), the TensorRT part's inputs are inner tensors the explicit profile does
+not name, and the EP refuses the session ("User needs to provide all the dynamic shape inputs
+with associated profiles"); the runner then builds again without the explicit profile, and the
+EP's implicit one spans the batch sizes the warm-ups showed it (the same 1..largest range).
+
+Engines live in the artifact cache root, in a folder keyed by everything that makes an engine
+non-portable: the model file, GPU name and compute capability, TensorRT and ONNX Runtime
+versions, precision, profile shapes (or the implicit profile's range) and builder level. Old
+engines are never reused by accident. The timing cache (TensorRT's measured kernel timings, by
+layer) is shared by every engine built for one GPU and one set of versions: the model graph,
+its preprocessing variants and each image size's engine have the same layers, so later builds
+skip most of the kernel timing.
 
 fp16 sets `trt_fp16_enable` (TensorRT picks fp16 kernels where it wants, fp32 elsewhere). An
 fp32 engine would use TF32, TensorRT's default, unless NVIDIA_TF32_OVERRIDE=0: the pytest plugin
@@ -33,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from supercharge.errors import SuperchargeError
 from supercharge.runners.ort_cuda import CUDA_PROVIDER, cuda_provider_options
-from supercharge.runners.ort_runner import OrtRunner, Providers
+from supercharge.runners.ort_runner import OrtRunner, ProviderError, Providers
 
 if TYPE_CHECKING:
     from supercharge.cache import ArtifactCache
@@ -81,6 +88,11 @@ class TrtProfile:
             lo <= d <= hi for lo, d, hi in zip(self.min, shape, self.max, strict=True)
         )
 
+    def implicit(self) -> dict[str, str]:
+        """What an implicit profile covers: the batch range the warm-ups run (TensorRT EP sets
+        min and max from the shapes it has seen, opt to the max)."""
+        return {"implicit_batch_range": f"{self.min[0]}..{self.max[0]}"}
+
     def options(self) -> dict[str, str]:
         def fmt(dims: tuple[int, ...]) -> str:
             return f"{self.input_name}:{'x'.join(str(d) for d in dims)}"
@@ -118,6 +130,7 @@ def engine_cache_dir(
     precision: str,
     profile: TrtProfile,
     builder_optimization_level: int | None = None,
+    explicit_profile: bool = True,
 ) -> Path:
     """`<root>/ort-trt/<gpu>-sm<cc>-<precision>-<key>`: engines built for exactly these inputs.
 
@@ -134,7 +147,7 @@ def engine_cache_dir(
         model=f"{model_path.parent.name}/{model_path.name}",
         tf32_override=tf32_override() if precision == "fp32" else None,
         precision=precision,
-        profile=profile.options(),
+        profile=profile.options() if explicit_profile else profile.implicit(),
         builder_optimization_level=builder_optimization_level,
     )
 
@@ -149,7 +162,7 @@ def timing_cache_dir(root: Path, gpu: Mapping[str, Any], versions: Mapping[str, 
 
 
 def trt_provider_options(
-    profile: TrtProfile,
+    profile: TrtProfile | None,
     precision: str,
     cache_dir: Path,
     device_id: int = 0,
@@ -157,7 +170,8 @@ def trt_provider_options(
     timing_dir: Path | None = None,
 ) -> dict[str, Any]:
     """TensorRT EP options: precision, the engine cache in `cache_dir`, the timing cache in
-    `timing_dir` (default: beside the engines), the profile."""
+    `timing_dir` (default: beside the engines), the explicit profile (None: the EP's implicit
+    one, which grows to the shapes it is run with)."""
     if precision not in PRECISIONS:
         raise SuperchargeError(
             f"ort-trt has no precision {precision!r}: choose one of {', '.join(PRECISIONS)}"
@@ -169,7 +183,7 @@ def trt_provider_options(
         "trt_engine_cache_path": str(Path(cache_dir) / "engines"),
         "trt_timing_cache_enable": True,
         "trt_timing_cache_path": str(timing_dir or Path(cache_dir) / "timing"),
-        **profile.options(),
+        **(profile.options() if profile is not None else {}),
     }
     if builder_optimization_level is not None:
         if not 0 <= builder_optimization_level <= 5:
@@ -182,7 +196,7 @@ def trt_provider_options(
 
 
 def trt_providers(
-    profile: TrtProfile,
+    profile: TrtProfile | None,
     precision: str,
     cache_dir: Path,
     device_id: int = 0,
@@ -250,6 +264,7 @@ class OrtTrtRunner(OrtRunner):
         self.builder_optimization_level = builder_optimization_level
         self._gpu = dict(gpu) if gpu is not None else None
         self._profile: TrtProfile | None = None
+        self.explicit_profile = True  # False once the EP refused it for a split graph
         self.cache_dir: Path | None = None
 
     def profile(self) -> TrtProfile:
@@ -277,9 +292,10 @@ class OrtTrtRunner(OrtRunner):
             self.precision,
             profile,
             self.builder_optimization_level,
+            self.explicit_profile,
         )
         return trt_providers(
-            profile,
+            profile if self.explicit_profile else None,
             self.precision,
             self.cache_dir,
             self.device_id,
@@ -287,18 +303,35 @@ class OrtTrtRunner(OrtRunner):
             timing_cache_dir(self.cache_root, self._gpu, versions),
         )
 
+    def warmup_batches(self) -> tuple[int, ...]:
+        """The profile's largest and smallest batch, then every benchmarked one: an implicit
+        profile covers only what the warm-ups ran, and an explicit one costs two runs more."""
+        profile = self.profile()
+        return tuple(dict.fromkeys((profile.max[0], profile.min[0], *self.batch_sizes)))
+
     def prepare(self) -> None:
-        """Create the session and build (or load) the engine by one warm-up per batch size,
-        holding the timing cache's lock: a second process building on this GPU at the same time
-        would skew TensorRT's kernel timings and race on the shared cache file."""
+        """Create the session and build (or load) the engine by the warm-ups, holding the
+        timing cache's lock: a second process building on this GPU at the same time would skew
+        TensorRT's kernel timings and race on the shared cache file. If the EP refuses the
+        explicit profile because the graph is split (module docstring), build without it."""
         if self.session is not None:
             return
-        from filelock import FileLock
-
-        from supercharge.cache import folder_lock_path, mark_used
         from supercharge.gpu import load_tensorrt
 
         load_tensorrt()  # a pip TensorRT's libraries are off the loader's path otherwise
+        try:
+            self._build()
+        except ProviderError as exc:
+            if not self.explicit_profile or not _refused_for_split_graph(exc):
+                raise
+            self.explicit_profile = False
+            self._build()
+
+    def _build(self) -> None:
+        from filelock import FileLock
+
+        from supercharge.cache import folder_lock_path, mark_used
+
         options = dict(self.providers())[TRT_PROVIDER]
         paths = [Path(options[k]) for k in ("trt_engine_cache_path", "trt_timing_cache_path")]
         folders = [paths[0].parent, paths[1]]  # <root>/ort-trt/<slug>-<key>: what prune sees
@@ -343,7 +376,8 @@ class OrtTrtRunner(OrtRunner):
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info["trt_profile"] = self.profile().options()
+        profile = self.profile()
+        info["trt_profile"] = profile.options() if self.explicit_profile else profile.implicit()
         info["engine_cache"] = str(self.cache_dir) if self.cache_dir else None
         if self.precision == "fp32":
             from supercharge.gpu import tf32_override
@@ -355,3 +389,14 @@ class OrtTrtRunner(OrtRunner):
             )
         info.update({k: v for k, v in runtime_versions().items() if k == "tensorrt"})
         return info
+
+
+# The TensorRT EP's refusal of an explicit profile that leaves a TensorRT subgraph's dynamic
+# input without shapes (onnxruntime tensorrt_execution_provider.cc).
+_SPLIT_GRAPH_MESSAGE = "provide all the dynamic shape inputs with associated profiles"
+
+
+def _refused_for_split_graph(exc: BaseException) -> bool:
+    """Whether session creation failed because the explicit profile does not name an input of
+    a TensorRT subgraph (ORT's exception is the ProviderError's cause)."""
+    return any(_SPLIT_GRAPH_MESSAGE in str(e) for e in (exc, exc.__cause__) if e is not None)
