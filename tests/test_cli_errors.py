@@ -106,7 +106,7 @@ def test_runs_without_a_pytorch_baseline_suggest_the_median_statistic(run_cli, t
     assert f"{base} and {cur} share cases" in line and "neither run has" in line
     assert "--stat median" in line
     code, out, _ = run_cli("gate", base, cur, "--stat", "median")
-    assert code == 0 and "0 failing of 1 compared" in out
+    assert code == 0 and "0 failing: 1 compared" in out
 
 
 # gate: entries the loader refuses -----------------------------------------------------------

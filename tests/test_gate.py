@@ -132,13 +132,57 @@ def test_gate_cli_exit_codes(tmp_path, run_cli):
     same.write_text(json.dumps(run(0.044, 0.011)))
     slow.write_text(json.dumps(run(0.040, 0.020)))
     code, out, _ = run_cli("gate", base, same)
-    assert code == 0 and "0 failing of 2 compared" in out
+    assert code == 0 and "0 failing: 2 compared" in out
     code, out, _ = run_cli("gate", base, slow)
     assert code == 1 and f"regressed   {MODEL}-ort-cpu-baked-fp32-bs1" in out
     code, out, _ = run_cli("gate", base, slow, "--max-slowdown", "150")
     assert code == 0
     code, _, err = run_cli("gate", base, tmp_path / "nope.json")
     assert code == 2 and err.count("\n") == 1 and "nope.json: no such file" in err
+
+
+def test_a_folder_gives_its_newest_regular_json_file(tmp_path):
+    """A dangling link or a folder named *.json is not a run: skipped, not a traceback."""
+    (tmp_path / "dangling.json").symlink_to(tmp_path / "gone.json")
+    (tmp_path / "folder.json").mkdir()
+    run_file = tmp_path / "0001_run.json"
+    run_file.write_text(json.dumps(run(0.04, 0.01)))
+    assert gate.load_run(tmp_path)["_path"] == str(run_file)
+
+
+def test_gate_cli_refuses_a_run_compared_with_itself(tmp_path, run_cli):
+    """Two folders resolve to the same newest file, or one file is named twice: comparing a run
+    with itself always passes, so it is an input error, not a pass."""
+    folder = tmp_path / ".benchmarks"
+    folder.mkdir()
+    path = folder / "0001_main.json"
+    path.write_text(json.dumps(run(0.040, 0.010)))
+    for baseline, current in [(path, path), (folder, folder), (folder, path)]:
+        code, _, err = run_cli("gate", baseline, current)
+        assert code == 2 and err.count("\n") == 1
+        assert "BASELINE and CURRENT are the same file" in err and "0001_main.json" in err
+
+
+def test_gate_output_cut_short_by_its_reader_keeps_the_exit_status(tmp_path):
+    """`supercharge gate A B | head -1`: the reader leaves, the verdict stays the exit status
+    (a passing gate must not read as exit 1, a regression), with no traceback."""
+    import subprocess
+    import sys
+
+    base, same, slow = tmp_path / "b.json", tmp_path / "s.json", tmp_path / "r.json"
+    base.write_text(json.dumps(run(0.040, 0.010)))
+    same.write_text(json.dumps(run(0.044, 0.011)))
+    slow.write_text(json.dumps(run(0.040, 0.020)))
+    code = "import sys; from supercharge.cli import main; sys.exit(main(sys.argv[1:]))"
+    for current, expected in [(same, 0), (slow, 1)]:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, "gate", str(base), str(current)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        proc.stdout.close()  # the reader is gone before the first line
+        err = proc.stderr.read().decode()
+        assert proc.wait() == expected and err == ""
 
 
 def test_the_paired_speedup_is_judged_where_the_run_recorded_it():
@@ -181,11 +225,28 @@ def test_a_speedup_floor_that_matches_no_case_fails_rather_than_passing_empty():
     assert v.status == "unmatched" and v.current is None
 
 
+def test_speedup_floors_on_a_run_without_its_baseline_say_so(tmp_path, run_cli):
+    """The case is there but the PyTorch baseline was filtered out of the grid: not "no case
+    matches" (exit 1) but an input the gate cannot judge (exit 2), as for two runs."""
+    no_baseline = run(0.040, 0.010)
+    no_baseline["benchmarks"] = no_baseline["benchmarks"][1:]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(no_baseline))
+    code, _, err = run_cli("gate", path, "--min-speedup", "ort-cpu-baked-fp32-bs1=1")
+    assert code == 2 and err.count("\n") == 1
+    assert "has no speedups to hold to a floor" in err and "baseline rows" in err
+    # some cases have a speedup, the matching one does not (its batch size's baseline is absent)
+    mixed = run(0.040, 0.010)
+    mixed["benchmarks"].append(bench("ort-cpu", "baked", "fp32", 0.05, bs=8))
+    (v,) = gate.floor_verdicts(mixed, [SpeedupFloor("ort-cpu-*-bs8", 2.0)])
+    assert v.status == "unmatched" and "1 matching lack their baseline" in v.line()
+
+
 def test_gate_cli_holds_one_run_to_its_floors(tmp_path, run_cli):
     path = tmp_path / "run.json"
     path.write_text(json.dumps(with_paired(run(0.040, 0.010), 3.1)))
     code, out, _ = run_cli("gate", path, "--min-speedup", "ort-cpu-baked-fp32-bs1=3")
-    assert code == 0 and "0 failing of 1 held to speedup floors" in out
+    assert code == 0 and "0 failing: 1 held to speedup floors" in out
     code, out, _ = run_cli("gate", path, "--min-speedup", "ort-cpu-baked-fp32-bs1=4")
     assert code == 1 and f"below-target {MODEL}-ort-cpu-baked-fp32-bs1" in out
     # unmatched floors fail even with --allow-missing (which is about cases of BASELINE)
@@ -204,7 +265,7 @@ def test_gate_cli_compares_and_holds_floors_in_one_call(tmp_path, run_cli):
     code, out, _ = run_cli("gate", base, cur, "--min-speedup", "ort-cpu-baked-fp32-bs1=4")
     assert code == 1  # within 10% of the last run, but below the floor
     assert "ok          " in out and "below-target" in out
-    assert "1 failing of 2 compared (max slowdown 10%) and 1 held to speedup floors" in out
+    assert "1 failing: 2 compared (max slowdown 10%), 1 held to speedup floors" in out
 
 
 def test_gate_cli_reads_floors_from_a_pyproject(tmp_path, run_cli):
@@ -219,7 +280,7 @@ def test_gate_cli_reads_floors_from_a_pyproject(tmp_path, run_cli):
     assert code == 0, out
     assert f"ok          {MODEL}-ort-cpu-baked-fp32-bs1" in out
     assert "not-run     eva02_large_patch14_448-ort-cpu-baked-fp32-bs1" in out
-    assert "0 failing of 1 held to speedup floors" in out
+    assert "0 failing: 1 held to speedup floors" in out
     pyproject.write_text('[tool.supercharge.speedup_floors]\n"ort-cpu-baked-*" = 3.5\n')
     code, out, _ = run_cli("gate", path, "--floors", pyproject)
     assert code == 1 and "below-target" in out
@@ -241,7 +302,7 @@ def test_gate_cli_floors_default_to_the_nearest_pyproject(tmp_path, run_cli, mon
 
 def test_gate_cli_refuses_to_pass_a_run_whose_floors_judged_nothing(tmp_path, run_cli):
     """Only file floors (which may name other models) and no case matching any: a run whose
-    every case was skipped, or another project's run, would pass with "0 failing of 0"."""
+    every case was skipped, or another project's run, would pass with "0 failing: 0"."""
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[tool.supercharge.speedup_floors]\n"ort-cpu-baked-fp32-bs1" = 4\n')
     empty, other = tmp_path / "empty.json", tmp_path / "other.json"

@@ -116,13 +116,16 @@ def test_grid_run_records_what_ran_in_extra_info(grid_run):
 
 def test_grid_run_gates_against_itself(grid_run, capsys):
     _, tmp = grid_run
-    assert cli_main(["gate", str(tmp / "bench.json"), str(tmp / "bench.json")]) == 0
+    copy = tmp / "bench-copy.json"  # the same run saved twice: a run compared with itself
+    copy.write_bytes((tmp / "bench.json").read_bytes())
+    assert cli_main(["gate", str(tmp / "bench.json"), str(tmp / "bench.json")]) == 2
+    assert cli_main(["gate", str(tmp / "bench.json"), str(copy)]) == 0
     out = capsys.readouterr().out
     assert "0 failing" in out and "machine pace baseline -> current: +0% (steady)" in out
     # the run's own paired speedups, held to floors far below and far above them
     floor = ["--min-speedup", "ort-cpu-baked-fp32-bs*=0.001"]
     assert cli_main(["gate", str(tmp / "bench.json"), *floor]) == 0
-    assert "0 failing of 2 held to speedup floors" in capsys.readouterr().out
+    assert "0 failing: 2 held to speedup floors" in capsys.readouterr().out
     floor = ["--min-speedup", "ort-cpu-baked-fp32-bs1=1000"]
     assert cli_main(["gate", str(tmp / "bench.json"), *floor]) == 1
     assert "below-target test_efficientnet-ort-cpu-baked-fp32-bs1" in capsys.readouterr().out

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from supercharge.errors import SuperchargeError
 from supercharge.floors import SpeedupFloor, load_floors
@@ -316,6 +317,14 @@ def cmd_gate(args: argparse.Namespace) -> int:
             "with --min-speedup or --floors"
         )
     current = gate.load_run(args.runs[-1])
+    baseline = gate.load_run(args.runs[0]) if len(args.runs) == 2 else None
+    same = baseline is not None and Path(baseline["_path"]).samefile(current["_path"])
+    if same:
+        raise SuperchargeError(
+            f"BASELINE and CURRENT are the same file ({current['_path']}): a run compared "
+            "with itself always passes; save the change's run under another name "
+            "(--benchmark-save=NAME) and give both"
+        )
     floors = gate.floor_verdicts(current, targets) + gate.floor_verdicts(
         current, from_file, required=False
     )
@@ -332,9 +341,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     )
     verdicts: list[gate.Verdict] = []
     compared = 0
-    baseline = None
-    if len(args.runs) == 2:
-        baseline = gate.load_run(args.runs[0])
+    if baseline is not None:
         verdicts = gate.compare(baseline, current, args.max_slowdown / 100.0, args.stat)
         gate.check_comparable(verdicts, baseline, current)  # before anything is printed
         print(f"baseline {baseline['_path']}")
@@ -350,11 +357,15 @@ def cmd_gate(args: argparse.Namespace) -> int:
         print(verdict.line())
     bad = [v for v in verdicts + floors if v.status in failing]
     summary = []
-    if len(args.runs) == 2:
+    if baseline is not None:
         summary.append(f"{compared} compared (max slowdown {args.max_slowdown:g}%)")
+        missing = sum(v.status == "missing" for v in verdicts)
+        if missing:
+            allowed = " (allowed)" if args.allow_missing else ""
+            summary.append(f"{missing} missing from the current run{allowed}")
     if targets or from_file:
         summary.append(f"{held} held to speedup floors")
-    print(f"{len(bad)} failing of {' and '.join(summary)}")
+    print(f"{len(bad)} failing: {', '.join(summary)}")
     return 1 if bad else 0
 
 
@@ -430,10 +441,59 @@ EXPORTED = ("baked", "seed")  # the merged graphs the CPU grid runs
 COMMANDS = {"predict": cmd_predict, "export": cmd_export, "gate": cmd_gate, "cache": cmd_cache}
 
 
+class _ReaderSafeStdout:
+    """stdout that goes quiet instead of raising once its reader has gone (`| head`): the
+    command carries on, so its exit status still says what it found (a gate that passed does
+    not turn into exit 1, a regression, because nobody read its last lines)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._gone = False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        # What is still buffered goes to /dev/null, so the interpreter's flush at exit is quiet
+        # too (the Python documentation's recipe for SIGPIPE, signal module notes).
+        self._gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from supercharge.gpu import forbid_tf32
 
     forbid_tf32()  # before any CUDA library loads: --precision fp32 is strict fp32 everywhere
+    stdout = sys.stdout
+    try:
+        stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # captured output (pytest's capsys)
+        return _main(argv)
+    sys.stdout = _ReaderSafeStdout(stdout)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout = stdout
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     try:

@@ -53,7 +53,11 @@ def load_run(path: Path) -> dict[str, Any]:
     """A pytest-benchmark JSON file, or the newest one under a folder (e.g. .benchmarks)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.rglob("*.json"), key=lambda p: p.stat().st_mtime)
+        # regular files only (following links): a dangling link or a folder named *.json is
+        # not a run, and stat() of the first would fail mid-sort
+        files = sorted(
+            (p for p in path.rglob("*.json") if p.is_file()), key=lambda p: p.stat().st_mtime
+        )
         if not files:
             raise SuperchargeError(
                 f"{path} holds no pytest-benchmark JSON: run the suite with "
@@ -318,11 +322,25 @@ def floor_verdicts(
         info = b.get("extra_info") or {}
         if info.get("timed") == END_TO_END and _key(b) in speedups:
             cases[info["case"]] = speedups[_key(b)]
+    unjudged = [  # end-to-end cases whose speedup the run cannot give (baseline not run)
+        (b.get("extra_info") or {}).get("case", "")
+        for b in run["benchmarks"]
+        if (b.get("extra_info") or {}).get("timed") == END_TO_END and _key(b) not in speedups
+    ]
+    if required and floors and not cases and unjudged:
+        raise SuperchargeError(
+            f"{run.get('_path', 'the run')} has no speedups to hold to a floor: its "
+            f"{len(unjudged)} end-to-end cases lack their PyTorch eager fp32+timm baseline rows; "
+            "rerun with the torch timm fp32 cases (not filtered out by --backends, --preprocess "
+            "or --precisions)"
+        )
     verdicts = []
     for check in check_floors(cases, floors):
         note = f"target {check.floor.ratio:g}x"
         if check.case is None:
-            key, note = f"{check.floor.pattern} [{END_TO_END}]", f"{note}; no case matches"
+            lacking = sum(check.floor.matches(case) for case in unjudged)
+            why = f"{lacking} matching lack their baseline" if lacking else "no case matches"
+            key, note = f"{check.floor.pattern} [{END_TO_END}]", f"{note}; {why}"
             if not required:
                 verdicts.append(Verdict(key, check.floor.ratio, None, None, "not-run", note))
                 continue
