@@ -274,8 +274,11 @@ def test_prune_refuses_a_folder_that_is_not_a_cache(tmp_path):
 def test_folders_not_named_as_the_cache_names_them_are_listed_and_never_pruned(tmp_path):
     cache = _quiet(tmp_path)
     mine = tmp_path / "onnx-model" / "notes"
-    mine.mkdir(parents=True)
-    _age(mine, 100)
-    [entry] = usage.entries(tmp_path)
-    assert (entry.path, entry.state) == (mine, "foreign")
-    assert usage.prune(cache, 0).removed == [] and mine.is_dir()
+    # a key at the end, but characters ArtifactSpec.dirname never writes: not the cache's
+    odd = tmp_path / "onnx-model" / "weird é name-0123456789abcdef0123"
+    for folder in (mine, odd):
+        folder.mkdir(parents=True, exist_ok=True)
+        _age(folder, 100)
+    entries = usage.entries(tmp_path)
+    assert {(e.path, e.state) for e in entries} == {(mine, "foreign"), (odd, "foreign")}
+    assert usage.prune(cache, 0).removed == [] and mine.is_dir() and odd.is_dir()

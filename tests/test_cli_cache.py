@@ -95,7 +95,12 @@ def test_cache_of_a_dir_that_does_not_exist_says_so_and_creates_nothing(run_cli,
 
 @pytest.mark.parametrize(
     ("days", "said"),
-    [("1", "unused for 1 day"), ("0.5", "unused for 0.5 days"), ("-0", "unused for 0 days")],
+    [
+        ("1", "unused for 1 day"),
+        ("0.5", "unused for 0.5 days"),
+        ("-0", "unused for 0 days"),
+        ("1e300", "unused for 1e+300 days"),
+    ],
 )
 def test_cache_prune_says_the_days_as_given(run_cli, tmp_path, days, said):
     _artifact(tmp_path, 1, 10, age_days=40)

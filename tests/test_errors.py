@@ -121,6 +121,7 @@ def test_a_weights_file_in_no_weights_format_says_what_it_starts_with(
         ("truncated", "is truncated or corrupt"),
         ("directory", "is a directory"),
         ("bomb", "is too large to decode safely (Image size (900000000 pixels) exceeds limit"),
+        ("grey16", "is greyscale with levels 0..65535 (PIL mode I;16): PIL's convert('RGB')"),
     ],
 )
 def test_unreadable_image(run_cli, coffee, tmp_path, case, expected):
@@ -135,8 +136,23 @@ def test_unreadable_image(run_cli, coffee, tmp_path, case, expected):
         path.mkdir()
     elif case == "bomb":  # 30000 x 30000 1-bit: 109 KB on disk, 900 M pixels to decode
         Image.new("1", (30000, 30000)).save(path)
+    elif case == "grey16":  # a 16-bit greyscale photo: clipped to white by convert("RGB")
+        levels = np.linspace(0, 65535, 64 * 48).reshape(48, 64).astype(np.uint16)
+        Image.fromarray(levels).save(path)
     line = _one_line_error(*run_cli("predict", coffee, path)[::2])
     assert f"image {path} {expected}" in line
+
+
+def test_a_16_bit_greyscale_image_within_8_bit_levels_converts_as_timm_does(tmp_path):
+    """Levels 0..255 stored in 16 bits convert exactly, so such an image is accepted."""
+    from supercharge.images import load_image
+
+    levels = np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) % 256
+    path = tmp_path / "grey16-low.png"
+    Image.fromarray(levels).save(path)
+    rgb = np.asarray(load_image(path))
+    assert Image.open(path).mode == "I;16" and rgb.shape == (48, 64, 3)
+    assert (rgb == levels[..., None]).all()
 
 
 def test_cli_process_exits_2_with_one_line(tmp_path):

@@ -298,6 +298,11 @@ def test_gate_cli_floors_default_to_the_nearest_pyproject(tmp_path, run_cli, mon
     monkeypatch.chdir(tmp_path)
     code, out, _ = run_cli("gate", path, "--floors")
     assert code == 1 and f"below-target {MODEL}-ort-cpu-baked-fp32-bs1" in out
+    # before the run: the run is not taken for the optional pyproject path
+    code, out, _ = run_cli("gate", "--floors", path)
+    assert code == 1 and f"below-target {MODEL}-ort-cpu-baked-fp32-bs1" in out
+    code, out, _ = run_cli("gate", "--floors", tmp_path / "pyproject.toml", path)
+    assert code == 1 and f"below-target {MODEL}-ort-cpu-baked-fp32-bs1" in out
 
 
 def test_gate_cli_refuses_to_pass_a_run_whose_floors_judged_nothing(tmp_path, run_cli):

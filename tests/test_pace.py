@@ -65,6 +65,11 @@ def test_a_small_change_is_steady_and_a_large_one_says_rerun():
     slower = describe_change(0.5, "during the run")
     assert "+50%" in slower and "slower" in slower and "rerun" in slower
     assert "faster" in describe_change(-0.3, "x")
+    # near the threshold a decimal, so "+15%" never names a change beyond 15%
+    assert "+15.2%" in describe_change(SHIFT + 0.002, "x") and "rerun" in describe_change(
+        SHIFT + 0.002, "x"
+    )
+    assert "+14.8% (steady)" in describe_change(SHIFT - 0.002, "x")
 
 
 def _timing() -> Timing:
@@ -86,6 +91,9 @@ def test_the_report_states_the_pace_and_flags_a_changed_machine(tmp_path):
     text = (tmp_path / "speed.md").read_text()
     assert "2.05-2.90 ms at 3 probes between cases" in text and "+45%" in text
     assert "rerun" in text
+    one_probe = Pace(2.0, 2.1, (2.05,))
+    write_report(SuiteResults(timings=[_timing()], pace=one_probe), tmp_path)
+    assert "2.05 ms at 1 probe between cases" in (tmp_path / "speed.md").read_text()
 
 
 def _run(tmp_path, name: str, pace: Pace | None) -> dict:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from supercharge.cache import ArtifactCache
+from supercharge.errors import ArtifactError
 from supercharge.export import MODEL_FILE
 from supercharge.models import resolve_model
 from supercharge.predict import top_k
@@ -581,6 +582,13 @@ def test_merged_model_cache_keys_and_model_ref(tmp_path, fixture_images):
     other_size = merged_model(ref, cache, "separable", image_size=(size[0] + 1, size[1]))
     assert separable.built and other_size.built
     assert len({first.path, separable.path, other_size.path}) == 3
+    # a separable graph is named with its size, so a read-only cache's miss says which to build
+    assert separable.path.name.startswith(f"test_resnet-separable-{size[0]}x{size[1]}-")
+    read_only = ArtifactCache(tmp_path, log=lambda m: None)
+    read_only.read_only = True
+    with pytest.raises(ArtifactError) as miss:
+        merged_model(ref, read_only, "separable", image_size=(size[0] + 2, size[1]))
+    assert f"onnx-merged test_resnet-separable-{size[0] + 2}x{size[1]}:" in str(miss.value)
     # baked and separable agree on the image the separable graph was built for
     x = np.asarray(coffee)[None]
     a = merged_session(first).run(["logits"], {INPUT_NAME: x})[0]

@@ -48,6 +48,9 @@ def test_speedup_is_against_the_same_runs_baseline_per_batch_size_and_group():
     assert rows[(f"{MODEL}-ort-cpu-baked-fp32-bs8", END_TO_END)]["speedup"] is None
     bs8 = rows[(f"{MODEL}-ort-cpu-baked-fp32-bs8", END_TO_END)]
     assert bs8["ms_per_image"] == 6.25 and bs8["images_per_s"] == 160.0
+    # the spread on the same per-image scale as ms/image, beside the rounds' own
+    assert bs8["iqr_ms"] == 5.0 and bs8["iqr_ms_per_image"] == 0.625
+    assert "| IQR ms/image |" in speed_markdown(list(rows.values()))
 
 
 def test_write_report_writes_tables_json_and_chart(tmp_path):

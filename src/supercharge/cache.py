@@ -140,12 +140,14 @@ def lock_path(root: Path, kind: str, key: str) -> Path:
     return Path(root) / ".locks" / f"{kind}-{key}.lock"
 
 
-_FOLDER_KEY = re.compile(r"-([0-9a-f]{16,64})$")
+# What the cache names a folder: ArtifactSpec.dirname's (and the TensorRT folders') characters,
+# then the key. A name with other characters was not made here, so prune leaves it alone.
+_FOLDER_KEY = re.compile(r"[A-Za-z0-9_.-]+-([0-9a-f]{16,64})")
 
 
 def folder_key(folder: Path) -> str | None:
     """The key that ends a cache folder's name (artifacts, TensorRT's engine folders)."""
-    m = _FOLDER_KEY.search(folder.name)
+    m = _FOLDER_KEY.fullmatch(folder.name)
     return m.group(1) if m else None
 
 

@@ -128,9 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="",
         default=None,
-        metavar="PYPROJECT",
-        help="also hold CURRENT to [tool.supercharge.speedup_floors] of PYPROJECT (default: the "
-        "nearest pyproject.toml); a floor no case matches is listed as not-run, not failed "
+        metavar="PYPROJECT.toml",
+        help="also hold CURRENT to [tool.supercharge.speedup_floors] of PYPROJECT.toml (default: "
+        "the nearest pyproject.toml); a floor no case matches is listed as not-run, not failed "
         "(it may concern another model)",
     )
     ga.add_argument(
@@ -252,7 +252,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from supercharge.preprocess.merge import merged_model
     from supercharge.runners.quantize import quantized_model
 
-    sizes = [parse_image_size(text) for text in args.image_size]  # before any work
+    # before any work; a size given twice is built and listed once
+    sizes = list(dict.fromkeys(parse_image_size(text) for text in args.image_size))
     start = time.perf_counter()
     cache = ArtifactCache(args.artifact_dir)
     ref = resolve_model(args.model, args.weights)
@@ -427,7 +428,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"{cannot} {e.label}: {reason}", file=sys.stderr)
     gone = {e.path for e in pruned.removed}
     left = [e for e in cache_usage.entries(cache.root) if e.path not in gone]
-    whole = args.prune == int(args.prune)
+    whole = args.prune == int(args.prune) and args.prune < 1e6  # else 1e+300 days, not 301 digits
     days = _count(int(args.prune), "day") if whole else f"{args.prune:g} days"
     print(
         f"{verb} {_total(pruned.removed)} (unused for {days}); {_total(left)} "
@@ -493,8 +494,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout = stdout
 
 
+def _bare_floors(argv: list[str]) -> list[str]:
+    """`gate --floors RUN.json`: argparse would take RUN.json for the optional PYPROJECT and
+    then miss RUN. A value after --floors that is not a .toml file is the next argument."""
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--floors" and not out[i + 1].endswith(".toml"):
+            out[i] = "--floors="
+    return out
+
+
 def _main(argv: Sequence[str] | None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = _bare_floors(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -28,6 +28,7 @@ def load_image(path: str | Path) -> Image.Image:
             warnings.simplefilter("ignore")
             with Image.open(p) as im:
                 im.load()
+                _check_levels(p, im)
                 return im.convert("RGB")
     except Image.DecompressionBombError as exc:
         raise ImageReadError(
@@ -43,3 +44,25 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageReadError(
             f"image {p} is truncated or corrupt ({reason}): re-export or replace the file"
         ) from exc
+
+
+# Single-channel modes with more than 8 bits a level: convert("RGB") clips them to 0..255.
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def _check_levels(p: Path, im: Image.Image) -> None:
+    """Refuse a 16-bit (or 32-bit) greyscale image whose levels go past 255.
+
+    PIL's convert("RGB"), which timm's loader uses, clips such levels instead of scaling them,
+    so a 16-bit greyscale photo turns into a nearly white image and gets a confident wrong
+    answer, silently. Levels within 0..255 convert exactly and are accepted.
+    """
+    if im.mode not in _WIDE_GREY:
+        return
+    low, high = im.getextrema()
+    if high > 255 or low < 0:
+        raise ImageReadError(
+            f"image {p} is greyscale with levels {low:g}..{high:g} (PIL mode {im.mode}): "
+            "PIL's convert('RGB'), as timm's loader uses it, clips them to 0..255; save it "
+            "as an 8-bit image first"
+        )

@@ -121,7 +121,8 @@ def measure(runs: int = RUNS) -> float:
 
 def describe_change(change: float, what: str) -> str:
     """One line on a pace change: how much, and what it means for the ratios beside it."""
-    pct = f"{change:+.0%}"
+    # one decimal near the threshold, so "+15%" never stands for a change past 15%
+    pct = f"{change:+.1%}" if abs(abs(change) - SHIFT) < 0.01 else f"{change:+.0%}"
     if abs(change) <= SHIFT:
         return f"machine pace {what}: {pct} (steady)"
     slower = "slower" if change > 0 else "faster"

@@ -33,7 +33,7 @@ SPEED_COLUMNS = (
     ("images_per_s", "images/s"),
     ("speedup", "speedup"),
     ("baseline_ms_per_image", "baseline ms/image"),
-    ("iqr_ms", "IQR ms"),
+    ("iqr_ms_per_image", "IQR ms/image"),
     ("rounds", "rounds"),
     ("providers", "ran on"),
 )
@@ -162,7 +162,9 @@ def speed_rows(timings: list[Timing]) -> list[dict[str, Any]]:
                     None if base is None else round(1000.0 * base / t.case.batch_size, 3)
                 ),
                 "speedup_basis": basis,
-                "iqr_ms": round(1000.0 * t.iqr_s, 3),
+                "iqr_ms": round(1000.0 * t.iqr_s, 3),  # of the rounds (one batch each)
+                # on ms/image's scale, so the two columns compare by eye at any batch size
+                "iqr_ms_per_image": round(1000.0 * t.iqr_s / t.case.batch_size, 3),
                 "rounds": t.rounds,
                 "providers": ",".join(ran[:1]),
                 "node_placement": t.ran.get("node_placement", {}),
@@ -247,6 +249,7 @@ def bar_chart(rows: list[dict[str, Any]], path: Path) -> Path | None:
         for y, r in enumerate(panel):
             note = f" {r['speedup']}x" if r["speedup"] is not None else ""
             ax.text(r["images_per_s"], y, note, va="center", fontsize=8)
+        ax.set_xlim(0, 1.15 * max(r["images_per_s"] for r in panel))  # room for the labels
         ax.set_title(f"{panel[0]['model']} batch {n}: images/s, end to end")
         ax.set_xlabel("images/s (higher is better)")
     fig.tight_layout()
@@ -382,7 +385,9 @@ def pace_markdown(pace: Pace) -> str:
     line = f"Machine pace ({WORKLOAD}): {pace.start_ms:.2f} ms at the start, {end}"
     if pace.during_ms:
         low, high = min(pace.during_ms), max(pace.during_ms)
-        line += f", {low:.2f}-{high:.2f} ms at {len(pace.during_ms)} probes between cases"
+        probes = len(pace.during_ms)
+        spread = f"{low:.2f} ms" if probes == 1 else f"{low:.2f}-{high:.2f} ms"
+        line += f", {spread} at {probes} probe{'s' if probes != 1 else ''} between cases"
     change = pace.change()
     if change is None:
         return line + "."

@@ -247,6 +247,7 @@ def merged_model(
 
     source_kind = onnx_artifact.manifest.get("kind", "onnx-model")
     flavour = "" if source_kind == "onnx-model" else f"-{source_kind.removeprefix('onnx-')}"
-    return cache.get_or_build(
-        ArtifactSpec(kind=KIND, name=f"{model.name}{flavour}-{variant}", inputs=inputs), build
-    )
+    # a separable graph's name carries its size: a read-only cache's miss names what to build
+    shape = f"-{size[0]}x{size[1]}" if size is not None else ""
+    name = f"{model.name}{flavour}-{variant}{shape}"
+    return cache.get_or_build(ArtifactSpec(kind=KIND, name=name, inputs=inputs), build)
