@@ -145,6 +145,7 @@ def test_unreadable_image(run_cli, coffee, tmp_path, case, expected):
 
 def test_a_16_bit_greyscale_image_within_8_bit_levels_converts_as_timm_does(tmp_path):
     """Levels 0..255 stored in 16 bits convert exactly, so such an image is accepted."""
+    from supercharge.errors import ImageReadError
     from supercharge.images import load_image
 
     levels = np.arange(48 * 64, dtype=np.uint16).reshape(48, 64) % 256
@@ -153,6 +154,16 @@ def test_a_16_bit_greyscale_image_within_8_bit_levels_converts_as_timm_does(tmp_
     rgb = np.asarray(load_image(path))
     assert Image.open(path).mode == "I;16" and rgb.shape == (48, 64, 3)
     assert (rgb == levels[..., None]).all()
+    # big-endian 16-bit TIFF, whose mode PIL's getextrema() refuses: read, not "corrupt"
+    tiff = tmp_path / "grey16-big-endian.tif"
+    Image.frombytes("I;16B", (64, 48), levels.astype(">u2").tobytes()).save(tiff)
+    assert Image.open(tiff).mode == "I;16B"
+    assert (np.asarray(load_image(tiff)) == levels[..., None]).all()
+    # a float image scaled 0..1 would turn black: refused like levels past 255
+    ones = tmp_path / "float-0-1.tif"
+    Image.fromarray((levels / 255.0).astype(np.float32), "F").save(ones)
+    with pytest.raises(ImageReadError, match=r"levels 0\.\.1 \(PIL mode F\)"):
+        load_image(ones)
 
 
 def test_cli_process_exits_2_with_one_line(tmp_path):

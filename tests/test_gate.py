@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 
 import numpy as np
@@ -174,11 +175,14 @@ def test_gate_output_cut_short_by_its_reader_keeps_the_exit_status(tmp_path):
     same.write_text(json.dumps(run(0.044, 0.011)))
     slow.write_text(json.dumps(run(0.040, 0.020)))
     code = "import sys; from supercharge.cli import main; sys.exit(main(sys.argv[1:]))"
+    # block-buffered, as stdout to a pipe is by default: the lines meet the gone reader late
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     for current, expected in [(same, 0), (slow, 1)]:
         proc = subprocess.Popen(
             [sys.executable, "-c", code, "gate", str(base), str(current)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            env=env,
         )
         proc.stdout.close()  # the reader is gone before the first line
         err = proc.stderr.read().decode()
@@ -303,6 +307,12 @@ def test_gate_cli_floors_default_to_the_nearest_pyproject(tmp_path, run_cli, mon
     assert code == 1 and f"below-target {MODEL}-ort-cpu-baked-fp32-bs1" in out
     code, out, _ = run_cli("gate", "--floors", tmp_path / "pyproject.toml", path)
     assert code == 1 and f"below-target {MODEL}-ort-cpu-baked-fp32-bs1" in out
+    floors = tmp_path / "FLOORS.TOML"  # any name that is not a run's is the floors file
+    floors.write_bytes((tmp_path / "pyproject.toml").read_bytes())
+    code, out, _ = run_cli("gate", "--floors", floors, path)
+    assert code == 1 and f"below-target {MODEL}-ort-cpu-baked-fp32-bs1" in out
+    code, _, err = run_cli("gate", "--floo", path)  # no abbreviations to slip past
+    assert code == 2 and "unrecognized arguments: --floo" in err
 
 
 def test_gate_cli_refuses_to_pass_a_run_whose_floors_judged_nothing(tmp_path, run_cli):

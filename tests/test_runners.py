@@ -904,9 +904,31 @@ def test_trt_runner_builds_with_the_implicit_profile_when_the_graph_is_split(
     assert explicit["trt_engine_cache_path"] != implicit["trt_engine_cache_path"]
     assert explicit["trt_timing_cache_path"] == implicit["trt_timing_cache_path"]
     assert runner.explicit_profile is False and seen == [6, 1, 2, 4]
-    assert runner.describe()["trt_profile"] == {"implicit_batch_range": "1..6"}
+    assert runner.describe()["trt_profile"] == {"implicit": "input:1..6x3x160x160"}
     with pytest.raises(SuperchargeError, match="outside the TensorRT profile"):
         runner.place(np.zeros((7, 3, 160, 160), np.float32))  # the implicit range holds too
+    # remembered beside the implicit engines: the next runner of this graph goes straight there
+    marker = Path(implicit["trt_engine_cache_path"]).parent / "explicit-profile-refused"
+    assert "provide all the dynamic shape inputs" in marker.read_text()
+    again = OrtTrtRunner(
+        tiny_onnx, cache=cache, batch_sizes=(2, 4), max_batch=6, io_binding=False, gpu=H200
+    )
+    again.prepare()
+    assert len(asked) == 3 and asked[2] == implicit and again.explicit_profile is False
+    # implicit engines of another input shape (one graph serving several image sizes) differ
+    folders = {
+        engine_cache_dir(
+            cache.root,
+            tiny_onnx,
+            H200,
+            {},
+            "fp16",
+            TrtProfile.for_batches("image", s, (1,)),
+            explicit_profile=False,
+        )
+        for s in [(400, 600, 3), (600, 400, 3)]
+    }
+    assert len(folders) == 2
 
 
 def test_trt_runner_reraises_other_session_errors(tiny_onnx, cache, monkeypatch):

@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ga = sub.add_parser(
         "gate",
+        allow_abbrev=False,  # `--floo RUN` would slip past _bare_floors
         help="compare two saved benchmark runs, or hold one to speedup floors; exit 1 on a "
         "regression",
         description="Compare CURRENT with BASELINE (pytest-benchmark JSON files, or folders such "
@@ -487,19 +488,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         stdout.fileno()
     except (AttributeError, OSError, ValueError):  # captured output (pytest's capsys)
         return _main(argv)
-    sys.stdout = _ReaderSafeStdout(stdout)
+    safe = sys.stdout = _ReaderSafeStdout(stdout)
     try:
         return _main(argv)
     finally:
+        safe.flush()  # what is still buffered, while a gone reader is still caught
         sys.stdout = stdout
 
 
 def _bare_floors(argv: list[str]) -> list[str]:
     """`gate --floors RUN.json`: argparse would take RUN.json for the optional PYPROJECT and
-    then miss RUN. A value after --floors that is not a .toml file is the next argument."""
+    then miss RUN. A value after --floors that is a run (a .json file, or a folder of them) is
+    the next argument."""
     out = list(argv)
     for i, arg in enumerate(out[:-1]):
-        if arg == "--floors" and not out[i + 1].endswith(".toml"):
+        following = out[i + 1]
+        if arg == "--floors" and (following.lower().endswith(".json") or Path(following).is_dir()):
             out[i] = "--floors="
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from supercharge.errors import ImageReadError
@@ -51,18 +52,21 @@ _WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
 def _check_levels(p: Path, im: Image.Image) -> None:
-    """Refuse a 16-bit (or 32-bit) greyscale image whose levels go past 255.
+    """Refuse a 16-bit (or 32-bit) greyscale image whose levels convert("RGB") would clip.
 
-    PIL's convert("RGB"), which timm's loader uses, clips such levels instead of scaling them,
-    so a 16-bit greyscale photo turns into a nearly white image and gets a confident wrong
-    answer, silently. Levels within 0..255 convert exactly and are accepted.
+    PIL's convert("RGB"), which timm's loader uses, clips such levels to 0..255 instead of
+    scaling them, so a 16-bit greyscale photo turns into a nearly white image (a float one
+    scaled 0..1 into a black one) and gets a confident wrong answer, silently. Levels within
+    0..255 convert exactly and are accepted.
     """
     if im.mode not in _WIDE_GREY:
         return
-    low, high = im.getextrema()
-    if high > 255 or low < 0:
+    levels = np.asarray(im)  # getextrema() refuses some of these modes (I;16B)
+    low, high = (float(levels.min()), float(levels.max())) if levels.size else (0.0, 0.0)
+    scaled_to_one = im.mode == "F" and 0 < high <= 1
+    if high > 255 or low < 0 or scaled_to_one:
         raise ImageReadError(
             f"image {p} is greyscale with levels {low:g}..{high:g} (PIL mode {im.mode}): "
-            "PIL's convert('RGB'), as timm's loader uses it, clips them to 0..255; save it "
-            "as an 8-bit image first"
+            "PIL's convert('RGB'), as timm's loader uses it, reads them as 0..255 levels and "
+            "clips the rest; save it as an 8-bit image first"
         )

@@ -121,9 +121,15 @@ def measure(runs: int = RUNS) -> float:
 
 def describe_change(change: float, what: str) -> str:
     """One line on a pace change: how much, and what it means for the ratios beside it."""
-    # one decimal near the threshold, so "+15%" never stands for a change past 15%
-    pct = f"{change:+.1%}" if abs(abs(change) - SHIFT) < 0.01 else f"{change:+.0%}"
-    if abs(change) <= SHIFT:
+    # one decimal near the threshold, more where needed to keep the printed value on the
+    # verdict's side of it ("+15%" never stands for a change beyond 15%)
+    beyond, threshold = abs(change) > SHIFT, round(SHIFT * 100, 6)
+    first = 1 if abs(abs(change) - SHIFT) < 0.01 else 0
+    digits = next(
+        d for d in range(first, 4) if (round(abs(change) * 100, d) > threshold) == beyond or d == 3
+    )
+    pct = f"{change:+.{digits}%}"
+    if not beyond:
         return f"machine pace {what}: {pct} (steady)"
     slower = "slower" if change > 0 else "faster"
     return (

@@ -33,7 +33,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,9 +89,10 @@ class TrtProfile:
         )
 
     def implicit(self) -> dict[str, str]:
-        """What an implicit profile covers: the batch range the warm-ups run (TensorRT EP sets
-        min and max from the shapes it has seen, opt to the max)."""
-        return {"implicit_batch_range": f"{self.min[0]}..{self.max[0]}"}
+        """What an implicit profile covers: the shapes the warm-ups run, batch min..max (the
+        TensorRT EP sets min and max from the shapes it has seen, opt to the max)."""
+        rest = "x".join(str(d) for d in self.min[1:])
+        return {"implicit": f"{self.input_name}:{self.min[0]}..{self.max[0]}x{rest}"}
 
     def options(self) -> dict[str, str]:
         def fmt(dims: tuple[int, ...]) -> str:
@@ -147,7 +148,7 @@ def engine_cache_dir(
         model=f"{model_path.parent.name}/{model_path.name}",
         tf32_override=tf32_override() if precision == "fp32" else None,
         precision=precision,
-        profile=profile.options() if explicit_profile else profile.implicit(),
+        profile=profile.options() if explicit_profile else profile.implicit(),  # with shapes
         builder_optimization_level=builder_optimization_level,
     )
 
@@ -279,21 +280,8 @@ class OrtTrtRunner(OrtRunner):
         return self._profile
 
     def providers(self) -> Providers:
-        if self._gpu is None:
-            from supercharge.gpu import gpu_info
-
-            self._gpu = gpu_info()
         profile, versions = self.profile(), runtime_versions()
-        self.cache_dir = engine_cache_dir(
-            self.cache_root,
-            self.model_path,
-            self._gpu,
-            versions,
-            self.precision,
-            profile,
-            self.builder_optimization_level,
-            self.explicit_profile,
-        )
+        self.cache_dir = self._engine_dir(self.explicit_profile)
         return trt_providers(
             profile if self.explicit_profile else None,
             self.precision,
@@ -301,6 +289,22 @@ class OrtTrtRunner(OrtRunner):
             self.device_id,
             self.builder_optimization_level,
             timing_cache_dir(self.cache_root, self._gpu, versions),
+        )
+
+    def _engine_dir(self, explicit_profile: bool) -> Path:
+        if self._gpu is None:
+            from supercharge.gpu import gpu_info
+
+            self._gpu = gpu_info()
+        return engine_cache_dir(
+            self.cache_root,
+            self.model_path,
+            self._gpu,
+            runtime_versions(),
+            self.precision,
+            self.profile(),
+            self.builder_optimization_level,
+            explicit_profile,
         )
 
     def warmup_batches(self) -> tuple[int, ...]:
@@ -319,6 +323,9 @@ class OrtTrtRunner(OrtRunner):
         from supercharge.gpu import load_tensorrt
 
         load_tensorrt()  # a pip TensorRT's libraries are off the loader's path otherwise
+        refused = self._engine_dir(explicit_profile=False) / EXPLICIT_REFUSED
+        if refused.is_file():  # an earlier run found this graph split: no second refusal
+            self.explicit_profile = False
         try:
             self._build()
         except ProviderError as exc:
@@ -326,6 +333,9 @@ class OrtTrtRunner(OrtRunner):
                 raise
             self.explicit_profile = False
             self._build()
+            # remembered beside the implicit engines (a read-only cache: found again next time)
+            with suppress(OSError):
+                refused.write_text(f"{_SPLIT_GRAPH_MESSAGE}: {_first_line(exc)}\n")
 
     def _build(self) -> None:
         from filelock import FileLock
@@ -391,6 +401,9 @@ class OrtTrtRunner(OrtRunner):
         return info
 
 
+# Beside the implicit-profile engines of a graph the EP refused an explicit profile for.
+EXPLICIT_REFUSED = "explicit-profile-refused"
+
 # The TensorRT EP's refusal of an explicit profile that leaves a TensorRT subgraph's dynamic
 # input without shapes (onnxruntime tensorrt_execution_provider.cc).
 _SPLIT_GRAPH_MESSAGE = "provide all the dynamic shape inputs with associated profiles"
@@ -400,3 +413,8 @@ def _refused_for_split_graph(exc: BaseException) -> bool:
     """Whether session creation failed because the explicit profile does not name an input of
     a TensorRT subgraph (ORT's exception is the ProviderError's cause)."""
     return any(_SPLIT_GRAPH_MESSAGE in str(e) for e in (exc, exc.__cause__) if e is not None)
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
