@@ -53,6 +53,9 @@ def test_each_floor_is_checked_against_every_case_it_matches_or_reported_unmatch
         (CASE.replace("fp32", "int8"), "ok"),
         (None, "unmatched"),
     ]
+    # "at least": a speedup exactly at its floor meets it
+    assert check_floors({CASE: 4.0}, [SpeedupFloor(CASE, 4.0)])[0].status == "ok"
+    assert check_floors({CASE: 3.999}, [SpeedupFloor(CASE, 4.0)])[0].status == "below-target"
     assert checks[0].as_dict() == {
         "pattern": "ort-cpu-baked-*-bs1",
         "floor": 4.0,

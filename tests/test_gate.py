@@ -97,12 +97,17 @@ def test_machine_differences_are_reported():
 
 
 def test_load_run_reads_a_file_or_the_newest_in_a_folder(tmp_path):
+    """Newest by modification time, not by name: a run saved later under a name that sorts
+    first (another counter, a branch name) is still the one a folder stands for."""
     folder = tmp_path / ".benchmarks" / "Linux-CPython-3.12-64bit"
     folder.mkdir(parents=True)
-    (folder / "0001_old.json").write_text(json.dumps(run(0.04, 0.01)))
-    newest = folder / "0002_new.json"
+    older = folder / "0002_old.json"
+    older.write_text(json.dumps(run(0.04, 0.01)))
+    os.utime(older, (1_000_000_000, 1_000_000_000))
+    newest = folder / "0001_new.json"
     newest.write_text(json.dumps(run(0.04, 0.02)))
     assert gate.load_run(tmp_path / ".benchmarks")["_path"] == str(newest)
+    assert gate.load_run(older)["_path"] == str(older)  # a file is read as given
 
 
 @pytest.mark.parametrize(
@@ -187,6 +192,19 @@ def test_gate_output_cut_short_by_its_reader_keeps_the_exit_status(tmp_path):
         proc.stdout.close()  # the reader is gone before the first line
         err = proc.stderr.read().decode()
         assert proc.wait() == expected and err == ""
+
+
+def test_an_unpaired_gpu_case_is_judged_against_the_gpu_baseline():
+    """A case without a paired speedup falls back to its run's baseline row of the same device:
+    an ort-cuda case against torch-cuda, never against the (slower) torch-cpu row."""
+    cuda_case = bench("ort-cuda", "baked", "fp32", 0.002)
+    cuda_case["extra_info"]["device"] = "cuda:0"
+    cuda_base = bench("torch-cuda", "timm", "fp32", 0.010)
+    cuda_base["extra_info"]["device"] = "cuda:0"
+    data = run(0.040, 0.010)
+    data["benchmarks"] += [cuda_base, cuda_case]
+    (v,) = gate.floor_verdicts(data, [SpeedupFloor("ort-cuda-baked-fp32-bs1", 4.0)])
+    assert v.current == pytest.approx(5.0) and v.status == "ok"  # 10 ms / 2 ms, not 40 / 2
 
 
 def test_the_paired_speedup_is_judged_where_the_run_recorded_it():

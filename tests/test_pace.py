@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from supercharge.cases import Case, Combo
@@ -14,11 +16,31 @@ from supercharge.pace import SHIFT, Pace, describe_change, measure
 from supercharge.report import END_TO_END, SuiteResults, Timing, write_report
 
 
-def test_measure_times_the_workload_on_this_machine():
-    ms = measure(runs=5)
-    # a 6 MB frame transposed, cast and reduced: well above 0.05 ms on any CPU (an empty timed
-    # region reads ~0.002 ms), and below 10 s
-    assert math.isfinite(ms) and 0.05 < ms < 10_000
+def test_measure_times_the_workload_after_untimed_warm_ups_in_ms(monkeypatch):
+    """A fake clock that moves 3 ms per run of the (real) workload: the median is exactly 3 ms,
+    the five warm-up runs are not timed, and only the timed runs read the clock."""
+    import onnxruntime as ort
+
+    import supercharge.pace as pace_module
+
+    now, runs, reads = [0.0], [], []
+    real_run = ort.InferenceSession.run
+
+    def run(self, *args, **kwargs):
+        out = real_run(self, *args, **kwargs)
+        runs.append(out[0])
+        now[0] += 0.003
+        return out
+
+    def clock() -> float:
+        reads.append(len(runs))
+        return now[0]
+
+    monkeypatch.setattr(ort.InferenceSession, "run", run)
+    monkeypatch.setattr(pace_module, "time", SimpleNamespace(perf_counter=clock))
+    assert measure(runs=7) == pytest.approx(3.0)
+    assert len(runs) == 5 + 7 and all(math.isfinite(float(np.ravel(r)[0])) for r in runs)
+    assert reads[0] == 5 and len(reads) == 2 * 7  # the clock starts after the warm-ups
 
 
 def test_change_is_end_over_start():

@@ -1051,9 +1051,9 @@ def test_loading_tensorrt_without_the_package_is_a_no_op_and_a_broken_one_one_li
 def test_the_tensorrt_pipeline_end_to_end_with_the_cpu_ep_standing_in(
     tiny, cache, photos, monkeypatch
 ):
-    """Everything of ort-trt + baked but TensorRT itself: per-size runners built when a size
-    arrives, warm-ups at that size for each batch size, the build lock, the profile check, and
-    the same logits as ORT CPU. The CPU EP takes TensorRT's place in the provider list."""
+    """ort-trt + baked with the CPU EP in TensorRT's place: a runner per image size, built when
+    the size arrives (before any timing) on that size's separable graph, and the same logits as
+    ORT CPU's baked graph. (Warm-ups, the build lock and the profile check: tests above.)"""
     import supercharge.gpu
     from supercharge.runners import ort_trt
 
@@ -1073,6 +1073,8 @@ def test_the_tensorrt_pipeline_end_to_end_with_the_cpu_ep_standing_in(
     trt.prepare_for(images)  # one runner per image size, before any timing
     sizes = sorted({(im.height, im.width) for im in images})
     assert sorted(trt.runner.built) == sizes
+    for (h, w), runner in trt.runner._runners.items():
+        assert runner.session is not None and f"-separable-{h}x{w}-" in str(runner.model_path)
     np.testing.assert_allclose(trt(images), cpu(images), rtol=1e-5, atol=1e-5)
     described = trt.describe()
     assert described["trt_profile"]["trt_profile_max_shapes"].startswith("image:3x")

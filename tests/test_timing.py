@@ -12,7 +12,7 @@ import pytest
 from supercharge import timing
 from supercharge.cases import Case, Combo
 from supercharge.report import END_TO_END, SuiteResults, speed_rows
-from supercharge.timing import MIN_PROBE_ROUNDS, probe, time_call
+from supercharge.timing import MIN_PROBE_ROUNDS, plan_rounds, probe, time_call
 
 MODEL = "tf_efficientnet_lite0"
 BASE = Case(MODEL, Combo("torch-cpu", "timm", "fp32"), 1)
@@ -197,3 +197,19 @@ def test_rounds_are_sized_by_the_fastest_warm_up_call(clock):
     bench = FakeBenchmark(clock, max_time=0.1)
     time_call(bench, fn, CASE, END_TO_END, {}, SuiteResults())
     assert 100 <= bench.rounds <= 101  # ceil() of a float ratio; MIN_ROUNDS from the mean
+
+
+def test_benchmark_min_rounds_is_honoured_over_the_time_budget(clock):
+    """--benchmark-min-rounds 50 with 1 s calls and a 0.1 s budget: 50 rounds, not the
+    budget's minimum, so a user asking for a steadier median gets it."""
+    bench = FakeBenchmark(clock, max_time=0.1)
+    bench._min_rounds = 50
+    time_call(bench, clock.work(1.0), CASE, END_TO_END, {}, SuiteResults())
+    assert bench.rounds == 50
+
+
+def test_round_plan_fills_the_budget_within_bounds():
+    assert plan_rounds(0.01, 1.0) == 100
+    assert plan_rounds(1.0, 1.0) == 10  # slow cases still get a comparable median
+    assert plan_rounds(1e-7, 1.0) == 1000
+    assert plan_rounds(0.5, 1.0, min_rounds=30) == 30

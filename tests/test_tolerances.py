@@ -67,8 +67,9 @@ def test_missing_table_gives_the_builtin_defaults(tmp_path):
 def test_bad_tolerance_tables_are_one_line_errors(tmp_path, text, match):
     path = tmp_path / "pyproject.toml"
     path.write_text(text)
-    with pytest.raises(SuperchargeError, match=match):
+    with pytest.raises(SuperchargeError, match=match) as info:
         load_tolerances(path)
+    assert "\n" not in str(info.value) and str(info.value).strip() == str(info.value)
 
 
 def test_unknown_precision_and_missing_file_are_errors(tmp_path):
