@@ -94,6 +94,9 @@ def test_missing_and_new_cases_are_named():
 
 def test_machine_differences_are_reported():
     assert gate.machine_differences(run(1, 1, cpu="a"), run(1, 1, cpu="b")) == ["cpu_model: a -> b"]
+    graphs = run(1, 1, cpu="a")
+    graphs["machine_info"]["ort_cuda_graph"] = True  # --cuda-graph on one side only
+    assert gate.machine_differences(run(1, 1, cpu="a"), graphs) == ["ort_cuda_graph: None -> True"]
 
 
 def test_load_run_reads_a_file_or_the_newest_in_a_folder(tmp_path):

@@ -87,6 +87,7 @@ def test_grid_run_records_what_ran_in_extra_info(grid_run):
     benchmarks = run["benchmarks"]
     assert benchmarks
     assert run["machine_info"]["malloc"].startswith("hold")  # --malloc hold, the default
+    assert run["machine_info"]["ort_cuda_graph"] is False  # --cuda-graph not given
     # the machine's pace, both ends, beside machine_info (which compared runs must share)
     pace = run["supercharge"]["pace"]
     assert pace["start_ms"] > 0 and pace["end_ms"] > 0 and "pace" not in run["machine_info"]

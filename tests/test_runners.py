@@ -33,6 +33,7 @@ from supercharge.runners import ort_runner as ort_runner_module
 from supercharge.runners.base import (
     BackendUnavailableError,
     backend_grid,
+    grid_options,
     largest_batch_options,
 )
 from supercharge.runners.ort_cuda import OrtCudaRunner, cuda_provider_options, cuda_providers
@@ -828,6 +829,12 @@ def test_trt_profile_runs_single_images_and_the_largest_batch():
 
 def test_only_a_backend_with_a_fixed_largest_batch_is_told_it():
     assert largest_batch_options("ort-trt", 5) == {"max_batch": 5}
+    # --cuda-graph: ort-cuda on the plain model graph only (merged graphs keep CPU shape nodes)
+    assert grid_options("ort-cuda", "cupy", 5, cuda_graph=True) == {"cuda_graph": True}
+    assert grid_options("ort-cuda", "timm", 5, cuda_graph=True) == {"cuda_graph": True}
+    assert grid_options("ort-cuda", "baked", 5, cuda_graph=True) == {}
+    assert grid_options("ort-cuda", "timm", 5) == {}
+    assert grid_options("ort-trt", "timm", 5, cuda_graph=True) == {"max_batch": 5}
     assert largest_batch_options("ort-cuda", 5) == {} == largest_batch_options("torch-cpu", 5)
     with pytest.raises(SuperchargeError, match="unknown backend"):
         largest_batch_options("ort-rocm", 5)

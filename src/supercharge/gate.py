@@ -281,6 +281,7 @@ def machine_differences(baseline: dict[str, Any], current: dict[str, Any]) -> li
         "onnxruntime",
         "tensorrt",
         "malloc",
+        "ort_cuda_graph",
     )
     return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in keys if a.get(k) != b.get(k)]
 

@@ -61,6 +61,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption("--batch-sizes", default="1,8", help="comma-separated batch sizes (1,8)")
     group.addoption(
+        "--cuda-graph",
+        action="store_true",
+        default=False,
+        help="ort-cuda replays CUDA graphs where the graph allows it (the plain model, fed by "
+        "timm, numpy or cupy preprocessing; the merged graphs keep shape nodes on the CPU); "
+        "recorded in machine_info, so a gate names it when two runs differ",
+    )
+    group.addoption(
         "--report-dir",
         default=None,
         help="where the speed and accuracy report goes (default: <rootdir>/reports)",
@@ -343,7 +351,12 @@ def batch_sizes(pytestconfig: pytest.Config) -> tuple[int, ...]:
 
 @pytest.fixture(scope="session")
 def pipeline_for(
-    model_bundle, artifact_cache, batch_sizes, fixture_image_paths, suite_results
+    pytestconfig: pytest.Config,
+    model_bundle,
+    artifact_cache,
+    batch_sizes,
+    fixture_image_paths,
+    suite_results,
 ) -> Callable[[Any], Any]:
     """combo -> prepared Pipeline. Only the latest one is kept, besides the baselines (one per
     device, timed around every case): the grid is ordered so that consecutive cases share a
@@ -351,12 +364,14 @@ def pipeline_for(
     taken here, before the first case and before each new pipeline (supercharge.pace; the end
     is taken at session end).
     A backend that must know its largest batch up front (TensorRT's profile: `max_batch`) is
-    told the accuracy gates' batch of every fixture image too."""
+    told the accuracy gates' batch of every fixture image too. With --cuda-graph, ort-cuda on
+    the plain model graph captures and replays CUDA graphs (runners.ort_cuda)."""
     from supercharge.errors import memory_error, out_of_memory
     from supercharge.pace import Pace, measure
     from supercharge.pipeline import build_pipeline
-    from supercharge.runners.base import largest_batch_options
+    from supercharge.runners.base import grid_options
 
+    cuda_graph = pytestconfig.getoption("--cuda-graph")
     if suite_results.pace is None:
         suite_results.pace = Pace(measure())
 
@@ -370,7 +385,9 @@ def pipeline_for(
                 held.clear()
                 # between cases, with the last case's sessions gone: a mid-run phase shows
                 suite_results.pace = suite_results.pace.with_probe(measure())
-            options = largest_batch_options(combo.backend, len(fixture_image_paths))
+            options = grid_options(
+                combo.backend, combo.preprocess, len(fixture_image_paths), cuda_graph
+            )
             try:
                 store[combo] = build_pipeline(
                     model_bundle,
@@ -445,6 +462,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     from supercharge.report import machine_info as suite_machine_info
 
     machine_info.update(suite_machine_info())
+    machine_info["ort_cuda_graph"] = bool(config.getoption("--cuda-graph"))
 
 
 def check_report_dir(folder: Path) -> None:

@@ -280,6 +280,21 @@ def largest_batch_options(backend: str, largest: int) -> dict[str, Any]:
     return {"max_batch": largest} if "max_batch" in backend_spec(backend).options else {}
 
 
+def grid_options(
+    backend: str, preprocess: str, largest: int, cuda_graph: bool = False
+) -> dict[str, Any]:
+    """The keywords the grid gives `backend` beyond its batch sizes: TensorRT's largest batch
+    (largest_batch_options), and with `cuda_graph` CUDA graphs for ort-cuda where its graph
+    allows them: the plain model graph. The merged preprocessing graphs keep shape nodes on the
+    CPU, and ORT refuses to capture a graph that is not all on the CUDA EP."""
+    from supercharge.pipeline import BAKED
+
+    options = largest_batch_options(backend, largest)
+    if cuda_graph and backend == "ort-cuda" and preprocess not in BAKED:
+        options["cuda_graph"] = True
+    return options
+
+
 def supported(backend: str) -> tuple[str, ...]:
     """The precisions `backend` runs, its default first."""
     return backend_spec(backend).precisions
