@@ -277,32 +277,35 @@ def _judge_all(bundle, reference, images, candidate_fn, precision, preprocess):
     ]
 
 
+def _torch_rows_with(lite0, reference, cache, images, data_config):
+    """torch-cpu fed timm's transform built from `data_config`, judged at fp32 and at int8's
+    looser tolerances: the rows of both."""
+    from supercharge.preprocess import TimmPreprocess
+    from supercharge.runners import create_runner
+
+    transform = TimmPreprocess(data_config)
+    runner = create_runner("torch-cpu", lite0, cache)
+    return [
+        row
+        for precision in ("fp32", "int8")
+        for row in _judge_all(
+            lite0, reference, images, lambda im: runner.run(transform([im]))[0], precision, "timm"
+        )
+    ]
+
+
 @pytest.mark.slow
 def test_wrong_mean_std_is_caught_even_by_the_loosest_gates(
     lite0, lite0_reference, artifact_cache, fixture_images
 ):
     """lite0 normalises with mean = std = 0.5; ImageNet's constants typed by hand (the blog's
     mistake) must fail on every photo, at fp32 and under int8's looser tolerances alike."""
-    from supercharge.preprocess import TimmPreprocess
-    from supercharge.runners import create_runner
-
     assert tuple(lite0.data_config["mean"]) == (0.5, 0.5, 0.5)
-    wrong = TimmPreprocess(
-        {**lite0.data_config, "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-    )
-    runner = create_runner("torch-cpu", lite0, artifact_cache)
-    for precision in ("fp32", "int8"):
-        rows = _judge_all(
-            lite0,
-            lite0_reference,
-            fixture_images,
-            lambda im: runner.run(wrong([im]))[0],
-            precision,
-            "timm",
-        )
-        for row in rows:
-            assert row["verdict"] == "fail", format_row(row)
-            assert any(f.startswith("cosine") for f in row["failed"]), format_row(row)
+    imagenet = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    config = {**lite0.data_config, **imagenet}
+    for row in _torch_rows_with(lite0, lite0_reference, artifact_cache, fixture_images, config):
+        assert row["verdict"] == "fail", format_row(row)
+        assert any(f.startswith("cosine") for f in row["failed"]), format_row(row)
 
 
 @pytest.mark.slow
@@ -311,22 +314,9 @@ def test_the_right_constants_pass_the_same_gates(
 ):
     """The control for the test above, changed in one thing only: the model's own mean and std
     (same runner, same judging) pass at fp32 and int8 alike, so the failure above is theirs."""
-    from supercharge.preprocess import TimmPreprocess
-    from supercharge.runners import create_runner
-
-    right = TimmPreprocess(lite0.data_config)
-    runner = create_runner("torch-cpu", lite0, artifact_cache)
-    for precision in ("fp32", "int8"):
-        rows = _judge_all(
-            lite0,
-            lite0_reference,
-            fixture_images,
-            lambda im: runner.run(right([im]))[0],
-            precision,
-            "timm",
-        )
-        for row in rows:
-            assert row["verdict"] == "pass", format_row(row)
+    config = lite0.data_config
+    for row in _torch_rows_with(lite0, lite0_reference, artifact_cache, fixture_images, config):
+        assert row["verdict"] == "pass", format_row(row)
 
 
 @pytest.mark.slow
