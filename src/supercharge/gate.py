@@ -318,16 +318,16 @@ def floor_verdicts(
     with a speedup matches "unmatched" (required: a case left out of the grid cannot pass it)
     or "not-run" (floors from a file, which may concern other models)."""
     speedups = _speedups(run)
-    cases = {}
+    cases: dict[str, float] = {}
+    unjudged: list[str] = []  # end-to-end cases whose speedup the run cannot give (no baseline)
     for b in run["benchmarks"]:
         info = b.get("extra_info") or {}
-        if info.get("timed") == END_TO_END and _key(b) in speedups:
+        if info.get("timed") != END_TO_END:
+            continue
+        if _key(b) in speedups:
             cases[info["case"]] = speedups[_key(b)]
-    unjudged = [  # end-to-end cases whose speedup the run cannot give (baseline not run)
-        (b.get("extra_info") or {}).get("case", "")
-        for b in run["benchmarks"]
-        if (b.get("extra_info") or {}).get("timed") == END_TO_END and _key(b) not in speedups
-    ]
+        else:
+            unjudged.append(info.get("case", ""))
     if required and floors and not cases and unjudged:
         raise SuperchargeError(
             f"{run.get('_path', 'the run')} has no speedups to hold to a floor: its "
