@@ -102,6 +102,62 @@ def test_a_report_dir_that_cannot_be_written_stops_the_run_before_it_starts(pyte
     assert f"{blocker} is not a folder: pass a writable folder" in result.stderr
 
 
+def test_another_benchmark_timer_is_a_usage_error(pytester_run):
+    """The warm-ups and the paired baseline use perf_counter: another timer mixes two clocks."""
+    result = pytester_run("--benchmark-timer", "time.process_time", "--collect-only", "perf")
+    assert result.returncode == 4
+    assert result.stderr.strip().startswith("ERROR: --benchmark-timer time.process_time: ")
+    ok = pytester_run("--benchmark-timer", "time.perf_counter", "--collect-only", "perf")
+    assert ok.returncode == 0
+
+
+def test_xdist_is_refused_where_the_grid_runs(pytester_run, tmp_path):
+    """-n would time cases against each other's load and split the report across workers; the
+    suite's unit tests alone may still use it. (pytest-xdist is not a dependency: its
+    --numprocesses, which -n sets, is stood in for by a two-line plugin.)"""
+    import importlib.util
+
+    if importlib.util.find_spec("xdist") is not None:
+        pytest.skip("pytest-xdist is installed here: its own -n would clash with the stand-in")
+    (tmp_path / "fake_xdist.py").write_text(
+        "def pytest_addoption(parser):\n"
+        "    parser.addoption('--numprocesses', dest='numprocesses', default=None)\n"
+    )
+    for where in ("perf", "accuracy/test_gates.py", None):
+        args = ["-p", "fake_xdist", "--numprocesses", "2", "--collect-only"]
+        args += [where] if where else []
+        result = pytester_run(*args, plugins=tmp_path)
+        assert result.returncode == 4, (where, result.stdout[-1000:], result.stderr[-1000:])
+        assert "ERROR: -n 2: the benchmark grid and the accuracy gates run in one process" in (
+            result.stderr
+        )
+    unit = pytester_run(
+        "-p",
+        "fake_xdist",
+        "--numprocesses",
+        "2",
+        "--collect-only",
+        "tests/test_floors.py",
+        plugins=tmp_path,
+    )
+    assert unit.returncode == 0, unit.stderr[-1000:]
+
+
+def test_filters_that_leave_out_the_baseline_say_the_speedups_go(pytester_run):
+    """--precisions int8 drops PyTorch fp32, the baseline every speedup is measured against."""
+    result = pytester_run("--collect-only", "-q", "perf", "--precisions", "int8")
+    assert result.returncode == 0
+    assert "torch-cpu-timm-fp32 (the speedup baseline) is filtered out" in result.stdout
+    kept = pytester_run("--collect-only", "-q", "perf", "--precisions", "int8,fp32")
+    assert "(the speedup baseline) is filtered out" not in kept.stdout
+
+
+def test_the_suite_loads_without_pytest_benchmark(pytester_run):
+    """Its pytest-benchmark hooks are optional: a unit-test run with the plugin off works."""
+    result = pytester_run("-p", "no:benchmark", "tests/test_floors.py", "-q")
+    assert result.returncode == 0 and "INTERNALERROR" not in result.stdout + result.stderr
+
+
 def test_an_unknown_hypothesis_profile_is_a_usage_error_naming_ours(pytester_run):
     result = pytester_run("--hypothesis-profile", "nope", "--collect-only", "accuracy")
     assert result.returncode == 4 and "INTERNALERROR" not in result.stdout + result.stderr

@@ -210,6 +210,19 @@ def test_an_unpaired_gpu_case_is_judged_against_the_gpu_baseline():
     assert v.current == pytest.approx(5.0) and v.status == "ok"  # 10 ms / 2 ms, not 40 / 2
 
 
+def test_a_case_interrupted_mid_measurement_is_missing_not_judged(tmp_path, run_cli):
+    """pytest-benchmark saves the case a Ctrl-C cut short; its "complete" flag is still False,
+    so the gate leaves it out: missing (a failure unless --allow-missing), never "ok"."""
+    base, cut = tmp_path / "b.json", tmp_path / "c.json"
+    base.write_text(json.dumps(run(0.040, 0.010)))
+    interrupted = run(0.040, 0.010)
+    interrupted["benchmarks"][1]["extra_info"]["complete"] = False
+    cut.write_text(json.dumps(interrupted))
+    assert len(gate.load_run(cut)["benchmarks"]) == 1
+    code, out, _ = run_cli("gate", base, cut, "--stat", "median")
+    assert code == 1 and f"missing     {MODEL}-ort-cpu-baked-fp32-bs1" in out
+
+
 def test_the_paired_speedup_is_judged_where_the_run_recorded_it():
     # the baseline's own rows moved (the machine drifted between cases) but the speedups timed
     # around the case held: no regression; and a fallen paired speedup is one

@@ -65,6 +65,30 @@ def test_write_report_writes_tables_json_and_chart(tmp_path):
     assert not list((tmp_path / "report").glob(".*tmp"))  # no half-written files left
 
 
+def test_an_interrupted_run_says_so_at_the_top_of_its_report(tmp_path):
+    status = "This run was interrupted: cases after the interruption are missing."
+    write_report(sample(), tmp_path, status=status)
+    assert f"**{status}**" in (tmp_path / "speed.md").read_text().split("| case")[0]
+    assert json.loads((tmp_path / "speed.json").read_text())["status"] == status
+    write_report(sample(), tmp_path)
+    assert "interrupted" not in (tmp_path / "speed.md").read_text()
+    assert json.loads((tmp_path / "speed.json").read_text())["status"] is None
+
+
+def test_the_session_status_line_names_an_interruption_or_failures():
+    from types import SimpleNamespace
+
+    import pytest
+
+    from supercharge.pytest_plugin import _session_status
+
+    clean = SimpleNamespace(stats={"passed": [1, 2]})
+    assert _session_status(pytest.ExitCode.OK, clean) is None
+    assert "interrupted" in _session_status(pytest.ExitCode.INTERRUPTED, clean)
+    failing = SimpleNamespace(stats={"failed": [1], "error": [2, 3]})
+    assert _session_status(pytest.ExitCode.TESTS_FAILED, failing).startswith("3 test(s)")
+
+
 def test_machine_info_names_the_cpu_and_runtime_versions():
     from importlib.metadata import version
 

@@ -12,7 +12,7 @@ import pytest
 from supercharge import timing
 from supercharge.cases import Case, Combo
 from supercharge.report import END_TO_END, SuiteResults, speed_rows
-from supercharge.timing import MIN_PROBE_ROUNDS, plan_rounds, probe, time_call
+from supercharge.timing import MIN_PROBE_ROUNDS, MIN_ROUNDS, plan_rounds, probe, time_call
 
 MODEL = "tf_efficientnet_lite0"
 BASE = Case(MODEL, Combo("torch-cpu", "timm", "fp32"), 1)
@@ -55,6 +55,12 @@ class FakeBenchmark:
         self.extra_info: dict = {}
         self.group = None
         self.rounds = 0
+
+    def __call__(self, fn):
+        """As pytest-benchmark's fixture under --benchmark-disable: one plain call."""
+        assert self.disabled, "time_call times through pedantic(), not __call__"
+        self.used = True
+        return fn()
 
     def pedantic(self, fn, warmup_rounds, rounds, iterations):
         assert iterations == 1
@@ -177,6 +183,29 @@ def test_a_disabled_benchmark_runs_once_and_records_nothing(clock):
     results = SuiteResults()
     assert time_call(bench, lambda: calls.append(1) or 7, CASE, END_TO_END, {}, results) == 7
     assert calls == [1] and results.empty
+    assert bench.used  # through the fixture, so pytest-benchmark does not warn it went unused
+
+
+def test_a_zero_max_time_is_the_shortest_budget_not_the_default(clock):
+    bench = FakeBenchmark(clock, max_time=0)
+    time_call(bench, clock.work(0.001), CASE, END_TO_END, {}, SuiteResults())
+    assert bench.rounds == MIN_ROUNDS
+
+
+def test_a_case_is_marked_complete_only_after_its_rounds_and_its_pairing(clock):
+    """pytest-benchmark saves a case interrupted mid-rounds: "complete" says it was not."""
+
+    class Interrupted(FakeBenchmark):
+        def pedantic(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    bench = Interrupted(clock)
+    with pytest.raises(KeyboardInterrupt):
+        time_call(bench, clock.work(0.001), CASE, END_TO_END, {}, SuiteResults())
+    assert bench.extra_info["case"] == CASE.id and bench.extra_info["complete"] is False
+    done = FakeBenchmark(clock)
+    time_call(done, clock.work(0.001), CASE, END_TO_END, {}, SuiteResults(), clock.work(0.002))
+    assert done.extra_info["complete"] is True and "paired_speedup" in done.extra_info
 
 
 def test_probe_takes_at_least_its_floor_of_rounds(clock):

@@ -96,7 +96,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
     forbid_tf32()  # before any CUDA library loads: fp32 cases are strict fp32, TensorRT's too
     try:
-        _grid_selection(config)
+        _check_one_process_and_one_clock(config)
+        combos, _ = _grid_selection(config)
         if config.getoption("--model") != DEFAULT_MODEL:  # before --collect-only lists its ids
             from supercharge.models import check_model_name
 
@@ -110,6 +111,16 @@ def pytest_configure(config: pytest.Config) -> None:
             check_report_dir(_report_dir(config))
         except SuperchargeError as exc:
             raise pytest.UsageError(str(exc)) from None
+    left_out = sorted({c.baseline().id for c in combos if c.baseline() not in combos})
+    if left_out:  # a speedup is only ever against its own run's baseline
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                f"{', '.join(left_out)} (the speedup baseline) is filtered out by --backends, "
+                "--preprocess or --precisions: this run's speedups read '-' and no speedup "
+                "floor is checked; add it to the filters for ratios"
+            ),
+            stacklevel=2,
+        )
     if config.getoption("--malloc") == "hold":
         from supercharge.malloc import hold_freed_memory
 
@@ -119,6 +130,41 @@ def pytest_configure(config: pytest.Config) -> None:
             config.issue_config_time_warning(
                 pytest.PytestConfigWarning(f"--malloc hold not applied: {reason}"), stacklevel=2
             )
+
+
+def _check_one_process_and_one_clock(config: pytest.Config) -> None:
+    """Refuse what would make the grid's numbers or report wrong without a word:
+    - pytest-xdist's -n, where the grid or the gates run: cases are timed one at a time on the
+      whole machine (workers would time each other's load), pytest-benchmark turns itself off
+      under xdist, and each worker would write its part of the report over the others';
+    - a --benchmark-timer other than time.perf_counter: the warm-ups, the round plan and the
+      paired baseline are timed with perf_counter, so a ratio would mix two clocks."""
+    workers = getattr(config.option, "numprocesses", None)
+    if workers and _runs_the_grid(config):
+        raise SuperchargeError(
+            f"-n {workers}: the benchmark grid and the accuracy gates run in one process (each "
+            "case is timed alone on the machine, and the report is one session's); run them "
+            "without -n (tests/ alone may use it)"
+        )
+    timer = getattr(config.option, "benchmark_timer", None)
+    name = getattr(timer, "name", None) or getattr(timer, "__name__", None) or timer
+    if timer is not None and "perf_counter" not in str(name):
+        raise SuperchargeError(
+            f"--benchmark-timer {name}: this suite times with time.perf_counter (the warm-ups "
+            "and the paired baseline too, so a speedup compares one clock); leave the option out"
+        )
+
+
+def _runs_the_grid(config: pytest.Config) -> bool:
+    """Whether the run's paths (the command line's, else testpaths) reach perf/ or accuracy/."""
+    root = config.rootpath.resolve()
+    grid = [root / "perf", root / "accuracy"]
+    args = config.args or [str(root)]
+    for arg in args:
+        path = (config.invocation_params.dir / arg.split("::")[0]).resolve()
+        if any(path == g or g in path.parents or path in g.parents for g in grid):
+            return True
+    return False
 
 
 def _register_hypothesis_profiles() -> None:
@@ -449,6 +495,7 @@ def _finish_pace(config: pytest.Config) -> Any:
     return pace
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-benchmark absent or disabled: not an error
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_json: dict) -> None:
     """The machine's pace at both ends of the run, beside (not in) machine_info: pytest-benchmark
     warns when machine_info differs from a compared run's, and the pace always differs."""
@@ -457,6 +504,7 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_
         output_json["supercharge"] = {"pace": pace.as_dict()}
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     """CPU model, GPU, driver and the runtime versions, so compared runs say what differed."""
     from supercharge.report import machine_info as suite_machine_info
@@ -483,6 +531,18 @@ def _report_dir(config: pytest.Config) -> Path:
     return Path(chosen) if chosen else config.rootpath / "reports"
 
 
+def _session_status(exitstatus: int, terminalreporter: Any) -> str | None:
+    """A line for the report when the session did not run to a clean end, else None."""
+    if exitstatus == pytest.ExitCode.INTERRUPTED:
+        return "This run was interrupted: cases after the interruption are missing."
+    failed = len(terminalreporter.stats.get("failed", [])) + len(
+        terminalreporter.stats.get("error", [])
+    )
+    if failed:
+        return f"{failed} test(s) of this run failed or errored: their cases may be missing."
+    return None
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     results = config.stash.get(_RESULTS, None)
     if results is None or results.empty:
@@ -491,8 +551,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
     _finish_pace(config)
     folder = _report_dir(config)
+    status = _session_status(exitstatus, terminalreporter)
     try:
-        written, text = write_report(results, folder, config.stash.get(_FLOORS, []))
+        written, text = write_report(results, folder, config.stash.get(_FLOORS, []), status)
     except OSError as exc:  # checked at start; the disk can still fill or the folder vanish
         terminalreporter.write_line(
             f"supercharge: report NOT written to {folder} ({exc.strerror or exc}): the timings "

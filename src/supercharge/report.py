@@ -315,7 +315,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_report(
-    results: SuiteResults, folder: Path, floors: Sequence[SpeedupFloor] = ()
+    results: SuiteResults,
+    folder: Path,
+    floors: Sequence[SpeedupFloor] = (),
+    status: str | None = None,
 ) -> tuple[list[Path], str]:
     """Write speed.{md,json,png} and accuracy.{md,json} into `folder`; return the paths and the
     text for the terminal. Files are replaced whole (temp file + rename), never half-written.
@@ -323,6 +326,8 @@ def write_report(
     a floor not met is shown, not raised (`supercharge gate --min-speedup` fails on it)."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # an interrupted or failing session says so at the top of every file
+    said = f"\n\n**{status}**" if status else ""
     written: list[Path] = []
     text_parts: list[str] = []
     info = machine_info()
@@ -349,13 +354,14 @@ def write_report(
             table += "\n\n" + pace_markdown(results.pace)
         text_parts.append(f"## Speed ({where})\n\n{table}")
         doc = (
-            f"# Speed report\n\n{stamp}, {where}\n\nSpeedup: the case's median against PyTorch "
-            "eager fp32 with timm's preprocessing on the same device, model, batch size and "
-            f"timing group, measured in the same run.\n\n{table}\n"
+            f"# Speed report\n\n{stamp}, {where}{said}\n\nSpeedup: the case's median against "
+            "PyTorch eager fp32 with timm's preprocessing on the same device, model, batch size "
+            f"and timing group, measured in the same run.\n\n{table}\n"
         )
         written.append(_atomic_write(folder / "speed.md", doc))
         payload = {
             "created": stamp,
+            "status": status,
             "machine_info": info,
             "rows": rows,
             "floors": [c.as_dict() for c in checks],
@@ -370,9 +376,14 @@ def write_report(
 
         table = accuracy_markdown(results.accuracy)
         text_parts.append(f"## Accuracy against PyTorch fp32 + timm preprocessing\n\n{table}")
-        doc = f"# Accuracy report\n\n{stamp}, {where}\n\n{table}\n"
+        doc = f"# Accuracy report\n\n{stamp}, {where}{said}\n\n{table}\n"
         written.append(_atomic_write(folder / "accuracy.md", doc))
-        payload = {"created": stamp, "machine_info": info, "rows": results.accuracy}
+        payload = {
+            "created": stamp,
+            "status": status,
+            "machine_info": info,
+            "rows": results.accuracy,
+        }
         written.append(
             _atomic_write(folder / "accuracy.json", json.dumps(payload, indent=2, default=str))
         )

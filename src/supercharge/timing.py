@@ -75,8 +75,8 @@ def time_call(
     pytest-benchmark's rounds, and recorded as `paired_baseline_s` with `paired_speedup`.
     Under --benchmark-disable the call runs once for its assertions and nothing is recorded.
     """
-    if benchmark.disabled:
-        return fn()
+    if benchmark.disabled:  # through the fixture, which runs it once: no "unused" warning
+        return benchmark(fn)
     # The fastest warm-up call sizes the rounds: the first calls carry one-off costs (kernel
     # compilation, cuDNN's algorithm search, allocator growth) that would cut the rounds short.
     warmups = []
@@ -86,7 +86,8 @@ def time_call(
         warmups.append(time.perf_counter() - start)
     per_call = min(warmups)
     # --benchmark-max-time / --benchmark-min-rounds as the fixture resolved them (markers too).
-    budget = float(getattr(benchmark, "_max_time", 1.0) or 1.0)
+    max_time = getattr(benchmark, "_max_time", None)
+    budget = float(1.0 if max_time is None else max_time)  # 0 is the shortest, not the default
     min_rounds = max(MIN_ROUNDS, int(getattr(benchmark, "_min_rounds", 0) or 0))
     rounds = plan_rounds(per_call, budget, min_rounds)
 
@@ -104,6 +105,9 @@ def time_call(
             "node_placement": ran.get("node_placement", {}),
             "device": ran.get("device"),
             "runner": ran,
+            # False until the rounds and the paired baseline are done: pytest-benchmark saves
+            # a case interrupted mid-rounds, and the gate must not judge a half-measured case
+            "complete": False,
         }
     )
     before = []
@@ -126,6 +130,7 @@ def time_call(
         info["paired_speedup"] = paired / stats.median
         # how far the machine moved while the case ran: the baseline after vs before it
         info["paired_baseline_drift"] = statistics.median(after) / statistics.median(before) - 1
+    info["complete"] = True
     results.timings.append(
         Timing(
             case,
