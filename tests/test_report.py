@@ -75,6 +75,14 @@ def test_an_interrupted_run_says_so_at_the_top_of_its_report(tmp_path):
     assert json.loads((tmp_path / "speed.json").read_text())["status"] is None
 
 
+def test_a_run_without_end_to_end_cases_leaves_no_earlier_chart(tmp_path):
+    write_report(sample(), tmp_path)
+    assert (tmp_path / "speed.png").is_file()
+    model_only = SuiteResults(timings=[t for t in sample().timings if t.group == MODEL_ONLY])
+    written, _ = write_report(model_only, tmp_path)
+    assert not (tmp_path / "speed.png").exists() and tmp_path / "speed.md" in written
+
+
 def test_the_session_status_line_names_an_interruption_or_failures():
     from types import SimpleNamespace
 

@@ -371,6 +371,8 @@ def write_report(
         chart = bar_chart(rows, folder / "speed.png")
         if chart is not None:
             written.append(chart)
+        else:  # no end-to-end rows: an earlier run's chart must not pass for this one's
+            (folder / "speed.png").unlink(missing_ok=True)
     if results.accuracy:
         from supercharge.accuracy_report import accuracy_markdown
 
