@@ -67,3 +67,9 @@ def memory_error(what: str, exc: BaseException, advice: str) -> SuperchargeError
     return SuperchargeError(
         f"{what} does not fit in this machine's memory ({detail[:120]}): {advice}"
     )
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line (its type's name if it has none), for a
+    one-line error that quotes a library's multi-line one."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from supercharge.errors import first_line
+
 GPU_EXTRA = "pip install 'supercharge-timm[gpu]'"
 _TRT_DISTS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-libs")
 TF32_ENV = "NVIDIA_TF32_OVERRIDE"
@@ -155,7 +157,7 @@ def load_tensorrt() -> None:
         import tensorrt  # noqa: F401
     except Exception as exc:  # missing CUDA libraries surface as OSError or ImportError
         raise SuperchargeError(
-            f"TensorRT is installed but cannot load ({_first_line(exc)}): install the "
+            f"TensorRT is installed but cannot load ({first_line(exc)}): install the "
             "tensorrt package that matches this CUDA (tensorrt-cu13), or use backend ort-cuda"
         ) from exc
 
@@ -167,11 +169,11 @@ def cupy_unavailable_reason() -> str | None:
     except ImportError:
         return f"cupy is not installed: {GPU_EXTRA} (cupy-cuda13x)"
     except Exception as exc:  # a broken CUDA install can fail at import time
-        return f"cupy cannot load ({_first_line(exc)}): check the CUDA installation"
+        return f"cupy cannot load ({first_line(exc)}): check the CUDA installation"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # cupy's CUDARuntimeError and friends
-        return f"cupy sees no CUDA device ({_first_line(exc)}): run on a machine with a GPU"
+        return f"cupy sees no CUDA device ({first_line(exc)}): run on a machine with a GPU"
     if count < 1:
         return "cupy sees no CUDA device: run on a machine with a GPU"
     return None
@@ -270,7 +272,3 @@ def _driver_version() -> str | None:
         if len(parts) >= 2 and all(p.isdigit() for p in parts):
             return word
     return None
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

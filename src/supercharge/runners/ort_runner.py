@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from supercharge.errors import SuperchargeError
+from supercharge.errors import SuperchargeError, first_line
 from supercharge.runners.base import Runner
 
 Providers = list[tuple[str, dict[str, Any]]]
@@ -121,7 +121,7 @@ def create_session(model_path: Path, providers: Providers, options: Any) -> Any:
             str(model_path), sess_options=options, providers=providers, enable_fallback=0
         )
     except Exception as exc:  # ORT raises its own pybind exception types
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        reason = first_line(exc)
         if "graph capture" in reason:  # CUDA graphs need every node on the CUDA EP
             fix = "run without cuda_graph (a graph with nodes on other providers cannot use it)"
         else:

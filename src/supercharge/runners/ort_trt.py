@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from supercharge.errors import SuperchargeError
+from supercharge.errors import SuperchargeError, first_line
 from supercharge.runners.ort_cuda import CUDA_PROVIDER, cuda_provider_options
 from supercharge.runners.ort_runner import OrtRunner, ProviderError, Providers
 
@@ -281,7 +281,7 @@ class OrtTrtRunner(OrtRunner):
 
     def providers(self) -> Providers:
         profile, versions = self.profile(), runtime_versions()
-        self.cache_dir = self._engine_dir(self.explicit_profile)
+        self.cache_dir = self._engine_dir(self.explicit_profile, versions)
         return trt_providers(
             profile if self.explicit_profile else None,
             self.precision,
@@ -291,7 +291,9 @@ class OrtTrtRunner(OrtRunner):
             timing_cache_dir(self.cache_root, self._gpu, versions),
         )
 
-    def _engine_dir(self, explicit_profile: bool) -> Path:
+    def _engine_dir(
+        self, explicit_profile: bool, versions: Mapping[str, Any] | None = None
+    ) -> Path:
         if self._gpu is None:
             from supercharge.gpu import gpu_info
 
@@ -300,7 +302,7 @@ class OrtTrtRunner(OrtRunner):
             self.cache_root,
             self.model_path,
             self._gpu,
-            runtime_versions(),
+            versions if versions is not None else runtime_versions(),
             self.precision,
             self.profile(),
             self.builder_optimization_level,
@@ -335,7 +337,7 @@ class OrtTrtRunner(OrtRunner):
             self._build()
             # remembered beside the implicit engines (a read-only cache: found again next time)
             with suppress(OSError):
-                refused.write_text(f"{_SPLIT_GRAPH_MESSAGE}: {_first_line(exc)}\n")
+                refused.write_text(f"{_SPLIT_GRAPH_MESSAGE}: {first_line(exc.__cause__ or exc)}\n")
 
     def _build(self) -> None:
         from filelock import FileLock
@@ -413,8 +415,3 @@ def _refused_for_split_graph(exc: BaseException) -> bool:
     """Whether session creation failed because the explicit profile does not name an input of
     a TensorRT subgraph (ORT's exception is the ProviderError's cause)."""
     return any(_SPLIT_GRAPH_MESSAGE in str(e) for e in (exc, exc.__cause__) if e is not None)
-
-
-def _first_line(exc: BaseException) -> str:
-    cause = exc.__cause__ or exc
-    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
