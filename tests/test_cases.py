@@ -102,6 +102,42 @@ def test_a_report_dir_that_cannot_be_written_stops_the_run_before_it_starts(pyte
     assert f"{blocker} is not a folder: pass a writable folder" in result.stderr
 
 
+def test_the_default_report_folder_is_checked_once_grid_cases_are_collected(pytester_run, tmp_path):
+    """<rootdir>/reports is refused before the grid runs, as --report-dir is; a run of tests/
+    alone writes no report and is not held to it."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "reports").write_text("not a folder")
+    grid = pytester_run("--rootdir", str(root), "--collect-only", "perf")
+    assert grid.returncode == 4, grid.stdout[-2000:] + grid.stderr[-2000:]
+    assert (
+        f"the report folder {root / 'reports'} (the default): {root / 'reports'} is not a folder"
+    ) in grid.stderr
+    unit = pytester_run("--rootdir", str(root), "--collect-only", "tests/test_floors.py")
+    assert unit.returncode == 0, unit.stdout[-2000:] + unit.stderr[-2000:]
+
+
+def test_a_report_that_cannot_be_written_at_the_end_fails_the_run(pytester_run, tmp_path):
+    """The folder passed the check at the start, then the disk filled: the run says where the
+    timings still are and exits 1, not 0."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "full_disk.py").write_text(
+        "import errno, supercharge.report\n"
+        "def full(*args, **kwargs):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "supercharge.report.write_report = full\n"
+    )
+    args = ["perf", "--model", "test_efficientnet", "--weights", "random", "--backends"]
+    args += ["torch-cpu", "--preprocess", "timm", "--precisions", "fp32", "--batch-sizes", "1"]
+    args += ["--benchmark-max-time=0.005", "--report-dir", str(tmp_path / "report")]
+    result = pytester_run("-p", "full_disk", *args, plugins=plugins)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "2 passed" in result.stdout
+    assert "supercharge: report NOT written to" in result.stdout
+    assert "No space left on device" in result.stdout
+
+
 def test_another_benchmark_timer_is_a_usage_error(pytester_run):
     """The warm-ups and the paired baseline use perf_counter: another timer mixes two clocks."""
     result = pytester_run("--benchmark-timer", "time.process_time", "--collect-only", "perf")

@@ -24,6 +24,7 @@ from supercharge.models import DEFAULT_MODEL
 _RESULTS = pytest.StashKey["SuiteResults"]()
 _FLOORS = pytest.StashKey[list]()  # floors.SpeedupFloor from [tool.supercharge.speedup_floors]
 _MODEL_REF = pytest.StashKey[Any]()  # models.ModelRef of --model/--weights, resolved once
+_SESSION = pytest.StashKey[pytest.Session]()  # so a report that cannot be written fails the run
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -106,9 +107,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[_FLOORS] = load_floors(pyproject) if pyproject else []
     except SuperchargeError as exc:
         raise pytest.UsageError(str(exc)) from None
-    if config.getoption("--report-dir"):  # the default (<rootdir>/reports) is checked at the end
+    if config.getoption("--report-dir"):  # the default (<rootdir>/reports): once grid cases run
         try:
-            check_report_dir(_report_dir(config))
+            check_report_dir(_report_dir(config), bool(config.getoption("--report-dir")))
         except SuperchargeError as exc:
             raise pytest.UsageError(str(exc)) from None
     left_out = sorted({c.baseline().id for c in combos if c.baseline() not in combos})
@@ -277,6 +278,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     one-pipeline cache in `pipeline_for` builds each pipeline once."""
     if any({"grid_case", "grid_combo"} & set(_params(item)) for item in items):
         _check_model(config)
+        try:  # only now: `pytest tests` on a read-only checkout writes no report
+            check_report_dir(_report_dir(config), bool(config.getoption("--report-dir")))
+        except SuperchargeError as exc:
+            raise pytest.UsageError(str(exc)) from None
     slots = [i for i, item in enumerate(items) if "grid_case" in _params(item)]
     if not slots:
         return
@@ -513,7 +518,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["ort_cuda_graph"] = bool(config.getoption("--cuda-graph"))
 
 
-def check_report_dir(folder: Path) -> None:
+def check_report_dir(folder: Path, chosen: bool = True) -> None:
     """Refuse, before any test runs, a report folder that cannot be created or written: a
     report that fails at the end would lose a whole run's summary. Creates nothing."""
     probe = folder
@@ -521,9 +526,8 @@ def check_report_dir(folder: Path) -> None:
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         what = "is not a folder" if not probe.is_dir() else "is not writable"
-        raise SuperchargeError(
-            f"--report-dir {folder}: {probe} {what}: pass a writable folder to --report-dir"
-        )
+        name = f"--report-dir {folder}" if chosen else f"the report folder {folder} (the default)"
+        raise SuperchargeError(f"{name}: {probe} {what}: pass a writable folder to --report-dir")
 
 
 def _report_dir(config: pytest.Config) -> Path:
@@ -543,6 +547,10 @@ def _session_status(exitstatus: int, terminalreporter: Any) -> str | None:
     return None
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_SESSION] = session
+
+
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     results = config.stash.get(_RESULTS, None)
     if results is None or results.empty:
@@ -560,6 +568,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             "are in the benchmark JSON if --benchmark-json or --benchmark-save was given",
             red=True,
         )
+        session = config.stash.get(_SESSION, None)
+        if session is not None and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a lost report is not a pass
         return
     terminalreporter.section("supercharge report")
     terminalreporter.write_line(text)
