@@ -337,3 +337,15 @@ def test_seed_preprocessing_is_caught(lite0, lite0_reference, artifact_cache, fi
     assert sum(not r["metrics"]["top1_equal"] for r in rows) >= 2
     text = accuracy_markdown(rows)
     assert "fails as expected" in text and "top-1 differs on" in text
+
+
+def test_a_failing_cosine_never_reads_as_its_tolerance():
+    m = compare(REF, REF.copy())
+    failing = replace(m, cosine=0.9998996)
+    (check,) = [c for c in judge(failing, tolerances()).failed if c.name == "cosine"]
+    assert str(check) == "cosine 0.999899 vs >= 0.9999: FAIL"
+
+
+def test_a_logits_error_names_the_combination_and_the_image():
+    with pytest.raises(ValueError, match=r"ort-cpu-timm-fp32 on coffee\.png \(single\): .*shape"):
+        _row(np.concatenate([REF, REF]))

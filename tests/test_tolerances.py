@@ -77,3 +77,21 @@ def test_unknown_precision_and_missing_file_are_errors(tmp_path):
         load_tolerances(ROOT / "pyproject.toml").get("fp8")
     with pytest.raises(SuperchargeError, match="does not exist"):
         load_tolerances(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[tool.supercharge]\ntolerances = 1\n", "must be a table"),
+        ("[tool.supercharge.tolerances.fp16]\nmin_top5_overlap = 4.5\n", "whole number"),
+        ("[tool.supercharge.tolerances.fp16]\ntop1_margin = nan\n", "must be a number"),
+        ("[tool.supercharge.tolerances.fp32.baked]\nmin_cosine = 'high'\n", "must be a number"),
+        ("[tool.supercharge.tolerances.fp32.baked]\nmin_top5_overlap = true\n", "be a number"),
+    ],
+)
+def test_values_that_would_crash_or_loosen_a_gate_are_one_line_errors(tmp_path, text, match):
+    path = tmp_path / "pyproject.toml"
+    path.write_text(text)
+    with pytest.raises(SuperchargeError, match=match) as info:
+        load_tolerances(path).get("fp32", "baked")
+    assert "\n" not in str(info.value)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import numpy as np
@@ -138,7 +139,9 @@ def format_value(value: Any) -> str:
         if value == 0:
             return "0"
         if 0.99 <= abs(value) < 1:
-            return f"{value:.6f}"
+            # rounded down, not to nearest: a cosine of 0.9998996 must not read 0.999900 next
+            # to the ">= 0.9999" it failed
+            return str(Decimal(repr(value)).quantize(Decimal("1e-6"), rounding=ROUND_FLOOR))
         return f"{value:.4g}" if abs(value) >= 1e-3 else f"{value:.2e}"
     return str(value)
 
@@ -308,7 +311,10 @@ def agreement_row(
     ran: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Judge one image's candidate logits; everything the report and a failure message need."""
-    metrics = compare(reference, candidate)
+    try:
+        metrics = compare(reference, candidate)
+    except ValueError as exc:
+        raise ValueError(f"{combo} on {image} ({mode}): {exc}") from None
     verdict = judge(metrics, tolerances, relative_only)
     expected, why = expected_verdict(preprocess)
     cand = np.asarray(candidate, dtype=np.float64).reshape(-1)

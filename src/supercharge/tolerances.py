@@ -11,6 +11,7 @@ preprocessing name is an error, not a silently looser gate.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -125,6 +126,11 @@ def _merge(defaults: Mapping[str, Any], loaded: Mapping[str, Any], where: str) -
     from supercharge.pipeline import PREPROCESS
 
     known = set(Tolerances.names())
+    whole = {f.name for f in fields(Tolerances) if f.type == "int"}
+    if not isinstance(loaded, Mapping):
+        raise SuperchargeError(
+            f"{where} must be a table: [tool.supercharge.tolerances.<precision>]"
+        )
     merged: dict[str, Any] = {p: dict(v) for p, v in defaults.items()}
     for precision, values in loaded.items():
         if not isinstance(values, Mapping):
@@ -143,17 +149,27 @@ def _merge(defaults: Mapping[str, Any], loaded: Mapping[str, Any], where: str) -
                         f"{where}: unknown tolerance {', '.join(bad)} in [{precision}.{key}]: "
                         f"known: {', '.join(sorted(known))}"
                     )
+                for name, number in value.items():
+                    _check_number(number, f"{where}: {precision}.{key}.{name}", name in whole)
                 target[key] = {**target.get(key, {}), **value}
             elif key not in known:
                 raise SuperchargeError(
                     f"{where}: unknown tolerance {key!r} in [{precision}]: "
                     f"known: {', '.join(sorted(known))}"
                 )
-            elif not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise SuperchargeError(f"{where}: {precision}.{key} must be a number")
             else:
+                _check_number(value, f"{where}: {precision}.{key}", key in whole)
                 target[key] = value
     return merged
+
+
+def _check_number(value: Any, what: str, whole: bool) -> None:
+    """A tolerance is a number, never NaN (every comparison with it is False, which turns the
+    top-1 gate off), and a whole one for counts (int() would round 4.5 down: a looser gate)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+        raise SuperchargeError(f"{what} must be a number, not {value!r}")
+    if whole and not float(value).is_integer():
+        raise SuperchargeError(f"{what} must be a whole number, not {value!r}")
 
 
 def load_tolerances(pyproject: Path | str | None = None) -> ToleranceTable:
