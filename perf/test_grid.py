@@ -31,7 +31,12 @@ def test_end_to_end(
     pipeline = pipeline_for(grid_case.combo)
     baseline = baseline_for(grid_case.combo)
     pipeline.prepare_for(images)  # a separable graph is built for this image size, untimed
-    logits = time_call(
+    expected = (grid_case.batch_size, len(model_bundle.class_names))
+
+    def check(logits):
+        assert logits.shape == expected
+
+    time_call(
         benchmark,
         lambda: pipeline(images),
         grid_case,
@@ -39,8 +44,8 @@ def test_end_to_end(
         pipeline.describe(),
         suite_results,
         reference=None if baseline is None else lambda: baseline(images),
+        check=check,
     )
-    assert logits.shape == (grid_case.batch_size, len(model_bundle.class_names))
 
 
 def test_model_alone(
@@ -59,7 +64,13 @@ def test_model_alone(
         def reference():
             return [base_run(p) for p in base_placed]
 
-    outputs = time_call(
+    expected = (grid_case.batch_size, len(model_bundle.class_names))
+
+    def check(outputs):
+        logits = np.concatenate([pipeline.runner.to_host(out) for out in outputs])
+        assert logits.shape == expected
+
+    time_call(
         benchmark,
         lambda: [run(p) for p in placed],
         grid_case,
@@ -67,6 +78,5 @@ def test_model_alone(
         pipeline.describe(),
         suite_results,
         reference=reference,
+        check=check,
     )
-    logits = np.concatenate([pipeline.runner.to_host(out) for out in outputs])
-    assert logits.shape == (grid_case.batch_size, len(model_bundle.class_names))

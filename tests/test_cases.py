@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from supercharge import cases
@@ -136,6 +138,40 @@ def test_a_report_that_cannot_be_written_at_the_end_fails_the_run(pytester_run, 
     assert "2 passed" in result.stdout
     assert "supercharge: report NOT written to" in result.stdout
     assert "No space left on device" in result.stdout
+
+
+EMULATE_TORCH_WITHOUT_CUDA = """
+import dataclasses
+from supercharge import gpu
+from supercharge.runners import base
+gpu.cuda_unavailable_reason = lambda: "torch 0+cpu is a CPU-only build: install a CUDA build"
+gpu.cupy_unavailable_reason = lambda: None
+gpu.provider_unavailable_reason = lambda provider: None
+gpu.gpu_info = lambda: {}
+def stand_in(bundle, cache, graph, precision, **options):
+    from supercharge.runners.ort_runner import OrtRunner
+    base._cuda_required("ort-cuda")
+    path = base._graph_file(bundle, cache, graph, precision, options)
+    return OrtRunner(path, backend="ort-cuda", precision=precision, **options)
+base.BACKENDS["ort-cuda"] = dataclasses.replace(base.BACKENDS["ort-cuda"], factory=stand_in)
+"""
+
+
+def test_ort_gpu_cases_run_unpaired_where_the_torch_cuda_baseline_cannot(pytester_run, tmp_path):
+    """A GPU machine with a CPU-only torch, ORT reaching the GPU through cupy: the torch-cuda
+    cases skip, and the ORT GPU cases are timed without a pairing (speedup '-') instead of
+    failing on their baseline. (ORT's CUDA EP is stood in by its CPU EP.)"""
+    (tmp_path / "no_torch_cuda.py").write_text(EMULATE_TORCH_WITHOUT_CUDA)
+    args = ["perf", "--model", "test_efficientnet", "--weights", "random", "--backends"]
+    args += ["torch-cuda,ort-cuda", "--preprocess", "timm", "--precisions", "fp32"]
+    args += ["--batch-sizes", "1", "--benchmark-max-time=0.005"]
+    args += ["--report-dir", str(tmp_path / "report")]
+    result = pytester_run("-p", "no_torch_cuda", *args, plugins=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "2 passed, 2 skipped" in result.stdout
+    rows = json.loads((tmp_path / "report" / "speed.json").read_text())["rows"]
+    assert {r["backend"] for r in rows} == {"ort-cuda"} and len(rows) == 2
+    assert all(r["speedup"] is None for r in rows), rows
 
 
 def test_another_benchmark_timer_is_a_usage_error(pytester_run):

@@ -242,3 +242,17 @@ def test_round_plan_fills_the_budget_within_bounds():
     assert plan_rounds(1.0, 1.0) == 10  # slow cases still get a comparable median
     assert plan_rounds(1e-7, 1.0) == 1000
     assert plan_rounds(0.5, 1.0, min_rounds=30) == 30
+
+
+def test_a_wrong_result_is_neither_complete_nor_recorded(clock):
+    """The case's output check runs before the case is marked complete or reported."""
+    results, bench = SuiteResults(), FakeBenchmark(clock)
+
+    def check(out):
+        assert out == 0.0, "wrong logits"
+
+    with pytest.raises(AssertionError, match="wrong logits"):
+        time_call(
+            bench, clock.work(0.001), CASE, END_TO_END, {}, results, clock.work(0.002), check=check
+        )
+    assert bench.extra_info["complete"] is False and results.timings == []

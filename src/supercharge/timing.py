@@ -67,16 +67,22 @@ def time_call(
     ran: dict[str, Any],
     results: SuiteResults,
     reference: Callable[[], Any] | None = None,
+    check: Callable[[Any], None] | None = None,
 ) -> Any:
     """Time `fn` for `case` with pytest-benchmark, annotate and record it; returns fn's result.
 
     `reference` is the case's baseline doing the same work (None for the baseline itself, or
     when the run has no baseline): it is timed just before and just after `fn`, outside
     pytest-benchmark's rounds, and recorded as `paired_baseline_s` with `paired_speedup`.
+    `check` (raising on a wrong result) judges fn's result before anything is marked complete
+    or recorded: a case whose output is wrong has no speed.
     Under --benchmark-disable the call runs once for its assertions and nothing is recorded.
     """
     if benchmark.disabled:  # through the fixture, which runs it once: no "unused" warning
-        return benchmark(fn)
+        out = benchmark(fn)
+        if check is not None:
+            check(out)
+        return out
     # The fastest warm-up call sizes the rounds: the first calls carry one-off costs (kernel
     # compilation, cuDNN's algorithm search, allocator growth) that would cut the rounds short.
     warmups = []
@@ -115,6 +121,8 @@ def time_call(
         before = probe(reference, PROBE_SHARE * budget)
         time.sleep(SETTLE_S)  # the reference's threads, done spinning before the case
     out = benchmark.pedantic(fn, warmup_rounds=1, rounds=rounds, iterations=1)
+    if check is not None:
+        check(out)  # before "complete" and the report: a wrong output is not a result
     after = probe(reference, PROBE_SHARE * budget) if reference is not None else []
     stats = benchmark.stats.stats
     info = benchmark.extra_info
