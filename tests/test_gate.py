@@ -491,3 +491,61 @@ def test_runs_without_their_pytorch_baseline_suggest_the_median_statistic():
     with_torch["_path"] = "cur.json"
     with pytest.raises(SuperchargeError, match=re.escape("base.json has no PyTorch eager")):
         gate.check_comparable(gate.compare(base, with_torch), base, with_torch)
+
+
+def test_a_shared_case_without_a_speedup_is_not_passed_unjudged(tmp_path, run_cli):
+    """A GPU runner whose torch cannot use CUDA times ORT GPU cases unpaired and without a
+    torch-cuda row: with the CPU cases compared, a 10x slower ort-cuda case must not pass."""
+
+    def gpu_run(ort_cuda_s):
+        r = with_paired(run(0.040, 0.010), 4.0)
+        cuda_case = bench("ort-cuda", "baked", "fp32", ort_cuda_s)
+        cuda_case["extra_info"]["device"] = "cuda:0"
+        r["benchmarks"].append(cuda_case)
+        return r
+
+    base, cur = tmp_path / "b.json", tmp_path / "c.json"
+    base.write_text(json.dumps(gpu_run(0.002)))
+    cur.write_text(json.dumps(gpu_run(0.020)))
+    code, out, err = run_cli("gate", base, cur)
+    assert code == 2 and err.count("\n") == 1 and out == ""
+    assert "1 cases without a speedup" in err and "ort-cuda-baked-fp32-bs1" in err
+    assert "--stat median" in err
+    code, out, _ = run_cli("gate", base, cur, "--stat", "median")
+    assert code == 1 and f"regressed   {MODEL}-ort-cuda-baked-fp32-bs1" in out
+
+
+def test_a_speedup_just_below_its_floor_never_prints_as_the_floor():
+    (v,) = gate.floor_verdicts(
+        with_paired(run(0.040, 0.010), 3.9996), [SpeedupFloor("ort-cpu-baked-fp32-bs1", 4.0)]
+    )
+    assert v.status == "below-target" and ": 4 -> 3.9996 " in v.line()
+
+
+def test_machine_differences_name_the_baselines_own_libraries():
+    """timm (the baseline's preprocessing and model), CUDA and cuDNN move every paired speedup."""
+    base, cur = run(1, 1), run(1, 1)
+    base["machine_info"].update(timm="1.0.9", cudnn=90100, cuda_runtime="12.4")
+    cur["machine_info"].update(timm="1.0.15", cudnn=90800, cuda_runtime="12.8")
+    assert gate.machine_differences(base, cur) == [
+        "cuda_runtime: 12.4 -> 12.8",
+        "cudnn: 90100 -> 90800",
+        "timm: 1.0.9 -> 1.0.15",
+    ]
+
+
+def test_a_pace_change_during_the_baseline_run_is_named():
+    base, cur = run(0.04, 0.01), run(0.04, 0.01)
+    base["supercharge"] = {"pace": {"start_ms": 10.0, "during_ms": [16.0], "end_ms": 10.0}}
+    cur["supercharge"] = {"pace": {"start_ms": 12.0, "during_ms": [12.0], "end_ms": 12.0}}
+    notes = gate.pace_notes(cur, base)
+    assert any("during the baseline run: +60%" in n and "rerun" in n for n in notes)
+
+
+def test_a_file_floor_matching_a_case_without_its_baseline_fails():
+    mixed = with_paired(run(0.040, 0.010), 4.2)
+    del mixed["benchmarks"][0]  # the paired case keeps its speedup; bs8 has none
+    mixed["benchmarks"].append(bench("ort-cpu", "baked", "fp32", 0.05, bs=8))
+    floors = [SpeedupFloor("ort-cpu-*-bs8", 2.0), SpeedupFloor("resnet50-*", 2.0)]
+    statuses = [v.status for v in gate.floor_verdicts(mixed, floors, required=False)]
+    assert statuses == ["unmatched", "not-run"]  # this run's case fails; another model's is not run

@@ -6,11 +6,13 @@ import json
 from dataclasses import replace
 
 from supercharge.cases import Case, Combo
+from supercharge.floors import FloorCheck, SpeedupFloor
 from supercharge.report import (
     END_TO_END,
     MODEL_ONLY,
     SuiteResults,
     Timing,
+    floors_markdown,
     machine_info,
     speed_markdown,
     speed_rows,
@@ -184,3 +186,10 @@ def test_without_floors_the_report_has_no_floor_section(tmp_path):
     _, text = write_report(sample(), tmp_path)
     assert "Speedup floors" not in text
     assert json.loads((tmp_path / "speed.json").read_text())["floors"] == []
+
+
+def test_a_floor_missed_by_a_hair_is_shown_rounded_down():
+    check = FloorCheck(SpeedupFloor("x", 4.0), "x", 3.996)
+    assert "| x | 3.99x | 4x | NOT met | x |" in floors_markdown([check])
+    met = FloorCheck(SpeedupFloor("x", 4.0), "x", 4.004)
+    assert "| x | 4.00x | 4x | met | x |" in floors_markdown([met])

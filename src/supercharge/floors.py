@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import ROUND_FLOOR, Decimal
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,16 @@ class FloorCheck:
         if self.case is None or self.speedup is None:
             return "unmatched"
         return "ok" if self.speedup >= self.floor.ratio else "below-target"
+
+    def shown_speedup(self, digits: int = 2) -> str:
+        """The speedup with `digits` decimals, rounded down when below the floor: a miss of
+        3.996x against 4x reads 3.99x, never 4.00x next to "NOT met"."""
+        if self.speedup is None:
+            return "-"
+        if self.speedup >= self.floor.ratio:
+            return f"{self.speedup:.{digits}f}"
+        step = Decimal(1).scaleb(-digits)
+        return str(Decimal(repr(self.speedup)).quantize(step, rounding=ROUND_FLOOR))
 
     def as_dict(self) -> dict[str, Any]:
         return {

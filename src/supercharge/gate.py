@@ -38,8 +38,15 @@ class Verdict:
     note: str = ""
 
     def line(self) -> str:
+        # more digits where 4 would print two different values alike ("4 -> 4 below-target")
+        digits, pair = 4, (self.baseline, self.current)
+        while None not in pair and pair[0] != pair[1] and digits < 17:
+            if f"{pair[0]:.{digits}g}" != f"{pair[1]:.{digits}g}":
+                break
+            digits += 1
+
         def fmt(v: float | None) -> str:
-            return "-" if v is None else f"{v:.4g}"
+            return "-" if v is None else f"{v:.{digits}g}"
 
         change = "" if self.change is None else f" {self.change:+.1%}"
         note = f"  ({self.note})" if self.note else ""
@@ -250,12 +257,14 @@ def compare(
 def check_comparable(
     verdicts: list[Verdict], baseline: dict[str, Any], current: dict[str, Any]
 ) -> None:
-    """Raise when `compare` judged no case: comparing nothing is a mix-up of inputs (exit 2),
-    neither a pass nor a regression of the code (exit 1), whatever --allow-missing says."""
-    if any(v.status in ("ok", "regressed") for v in verdicts):
+    """Raise when `compare` judged no case, or left a shared case unjudged (no speedup in one
+    run): comparing nothing is a mix-up of inputs (exit 2), neither a pass nor a regression of
+    the code (exit 1), whatever --allow-missing says; an unjudged case would pass unseen."""
+    unjudged = [v.key for v in verdicts if v.status == "no-baseline"]
+    if not unjudged and any(v.status in ("ok", "regressed") for v in verdicts):
         return
     base, cur = baseline.get("_path", "the baseline"), current.get("_path", "the current run")
-    if not any(v.status == "no-baseline" for v in verdicts):
+    if not unjudged:
         raise SuperchargeError(
             f"{base} and {cur} share no case: compare two runs of the same grid (same models, "
             "backends, preprocessing, precisions and batch sizes)"
@@ -267,8 +276,13 @@ def check_comparable(
         who = f"{lacking[0]} has no"
     else:
         who = "the runs do not both have"
+    what = (
+        "cases but no speedup"
+        if len(unjudged) == len(verdicts)
+        else (f"{len(unjudged)} cases without a speedup (e.g. {unjudged[0]})")
+    )
     raise SuperchargeError(
-        f"{base} and {cur} share cases but no speedup to compare: {who} PyTorch eager fp32+timm "
+        f"{base} and {cur} share {what} to compare: {who} PyTorch eager fp32+timm "
         "baseline rows for them; use --stat median to compare absolute medians, or rerun with "
         "the torch timm fp32 baseline cases"
     )
@@ -282,7 +296,11 @@ def machine_differences(baseline: dict[str, Any], current: dict[str, Any]) -> li
         "cpu_count",
         "gpu_name",
         "driver",
+        "cuda_runtime",
+        "cudnn",
         "torch",
+        "torch_cuda_build",
+        "timm",
         "onnxruntime",
         "tensorrt",
         "malloc",
@@ -310,6 +328,9 @@ def pace_notes(current: dict[str, Any], baseline: dict[str, Any] | None = None) 
             missing = "baseline" if base is None else "current run"
             notes.append(f"machine pace: not recorded in the {missing} (saved by an older suite)")
         else:
+            # a slow phase in the baseline run moves its ratios as much as one in the current
+            if base.change() is not None:
+                notes.append(describe_change(base.change(), "during the baseline run"))
             notes.append(
                 describe_change(cur.mean_ms() / base.mean_ms() - 1.0, "baseline -> current")
             )
@@ -347,7 +368,7 @@ def floor_verdicts(
             lacking = sum(check.floor.matches(case) for case in unjudged)
             why = f"{lacking} matching lack their baseline" if lacking else "no case matches"
             key, note = f"{check.floor.pattern} [{END_TO_END}]", f"{note}; {why}"
-            if not required:
+            if not required and not lacking:  # a case of this run that it cannot judge fails
                 verdicts.append(Verdict(key, check.floor.ratio, None, None, "not-run", note))
                 continue
         else:

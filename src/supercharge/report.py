@@ -128,7 +128,7 @@ def floors_markdown(checks: list[FloorCheck], noisy: frozenset[str] = frozenset(
         {
             **c.as_dict(),
             "floor": f"{c.floor.ratio:g}x",
-            "speedup": f"{c.speedup:.2f}x" + (" (noisy)" if c.case in noisy else ""),
+            "speedup": f"{c.shown_speedup()}x" + (" (noisy)" if c.case in noisy else ""),
             "status": "met" if c.status == "ok" else "NOT met",
         }
         for c in checks
