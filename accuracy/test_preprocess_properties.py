@@ -48,6 +48,8 @@ CONFIG_MODELS = [
     "efficientnetv2_rw_s",  # crop_pct 1.0, 288 px
     "eva02_base_patch14_448",  # squash, 448 px, CLIP mean/std
     "tf_efficientnet_lite2",  # 260 px, crop_pct 0.89
+    "volo_d4_448",  # crop_pct 1.15: the crop is larger than the resized image (zero padding)
+    "deepseek_vit_412m.deepseek_v4_flash_vision_exp",  # crop_mode border, 392 px
 ]
 MODES = ["RGB", "L", "LA", "RGBA", "P", "I;16"]
 
@@ -288,6 +290,7 @@ SEED_VIOLATION = {
     "tf_efficientnet_lite0": (15.0, 0.10),
     "tf_efficientnet_lite2": (15.0, 0.10),
     "eva02_base_patch14_448": (1.5, 0.50),
+    "deepseek_vit_412m.deepseek_v4_flash_vision_exp": (15.0, 0.10),
 }
 
 
@@ -300,6 +303,8 @@ def test_config_models_cover_the_required_kinds():
     assert any(s.interpolation == "bilinear" for s in specs.values())
     assert any(s.crop_pct == 1.0 and s.crop_mode == "center" for s in specs.values())
     assert any(s.crop_mode == "squash" for s in specs.values())
+    assert any(s.crop_mode == "border" for s in specs.values())
+    assert any(s.crop_pct > 1 for s in specs.values())
     assert any(s.input_size != (224, 224) for s in specs.values())
     imagenet = {m for m, s in specs.items() if (s.mean, s.std) == (IMAGENET_MEAN, IMAGENET_STD)}
     assert set(SEED_VIOLATION) == set(CONFIG_MODELS) - imagenet
@@ -377,7 +382,9 @@ def test_seed_breaks_the_photographic_bound_on_the_fixture_photos(model):
     tf_efficientnet_lite0 63.4 / 0.97% (chelsea.png), tf_efficientnet_lite2 63.1 / 0.94%
     (chelsea.png), eva02_base_patch14_448 5.73 / 11.9% (chelsea.png), dla34 15.6 / 9.25%
     (rocket.jpg; astronaut.jpg), efficientnetv2_rw_s 1.98 / 61.2% (astronaut.jpg, square:
-    the squash is right, the aliasing of a 512 -> 288 resize without antialias is not).
+    the squash is right, the aliasing of a 512 -> 288 resize without antialias is not),
+    volo_d4_448 17.8 / 11.4% (rocket.jpg; its padded crop), deepseek_vit_412m 58.2 / 1.1%
+    (chelsea.png).
     Asserted: mean >= 1.5 levels (6x the bound) and <= 70% within 1 level (99.9% required).
     """
     for name in PHOTOS:
