@@ -412,6 +412,22 @@ def test_a_hit_marks_the_artifact_used_in_its_folder_and_its_lock_file(tmp_path)
     assert time.time() - marker.stat().st_mtime < 60
 
 
+def test_a_use_never_follows_a_link_planted_in_the_locks_folder(tmp_path):
+    """`.locks` of a shared cache is writable by all its users: a link there named as a lock
+    file must not make its target (another file of whoever runs) world-writable."""
+    cache = _quiet(tmp_path / "cache")
+    cache.get_or_build(_spec(), CountingBuilder())
+    victim = tmp_path / "private.key"
+    victim.write_text("secret")
+    victim.chmod(0o600)
+    marker = tmp_path / "cache" / ".locks" / f"test-kind-{_spec().key}.lock"
+    marker.unlink()
+    marker.symlink_to(victim)
+    assert cache.lookup(_spec()) is not None  # still served
+    assert oct(victim.stat().st_mode & 0o777) == oct(0o600)
+    assert victim.read_text() == "secret"
+
+
 def test_a_use_is_recorded_where_the_folder_belongs_to_another_user(tmp_path, monkeypatch):
     """Only the owner (or a writer) may set a folder's times: a shared cache's other users
     record their uses in the world-writable lock file, which last_used reads too."""

@@ -132,6 +132,27 @@ def test_a_use_since_the_listing_keeps_the_artifact(tmp_path, monkeypatch):
     assert not pruned.removed and not pruned.failed and art.path.is_dir()
 
 
+def test_a_reuse_whose_check_is_under_way_keeps_the_artifact(tmp_path, monkeypatch):
+    """A lookup checks an artifact's sha256 first (seconds for a 1.2 GB graph): a prune in
+    those seconds must not remove what the lookup then hands out."""
+    cache = _quiet(tmp_path)
+    art = cache.get_or_build(_spec(), CountingBuilder())
+    _age(art.path, 40)
+    monkeypatch.setattr(cache_mod, "_DIGESTS", {})
+    real_sha256 = cache_mod.sha256_file
+    pruned = []
+
+    def hash_while_pruning(path):
+        digest = real_sha256(path)
+        pruned.append(usage.prune(_quiet(tmp_path), 30 * DAY))
+        return digest
+
+    monkeypatch.setattr(cache_mod, "sha256_file", hash_while_pruning)
+    found = cache.lookup(_spec())
+    assert pruned and not pruned[0].removed
+    assert found is not None and found.file("blob.bin").is_file()
+
+
 def _hold(lock_file: Path) -> subprocess.Popen:
     holder = subprocess.Popen(
         [

@@ -6,8 +6,9 @@ import pytest
 import timm
 import torch
 
-from supercharge.errors import WeightsMismatchError
-from supercharge.models import load_bundle
+import supercharge.cache as cache_mod
+from supercharge.errors import WeightsMismatchError, WeightsUnavailableError
+from supercharge.models import load_bundle, resolve_model
 from supercharge.registry import PACKAGED_WEIGHTS
 from supercharge.weights import (
     WeightsSpec,
@@ -47,6 +48,31 @@ def test_weights_file_round_trip(tmp_path, suffix):
     loaded = load_bundle("test_resnet", str(path))
     assert state_digest(loaded.model.state_dict()) == state_digest(src.model.state_dict())
     assert loaded.weights_source == str(path)
+
+
+def test_an_unreadable_weights_file_is_one_line_error_naming_it(tmp_path, monkeypatch):
+    path = tmp_path / "w.pth"
+    torch.save(load_bundle("test_resnet", "random:3").model.state_dict(), path)
+
+    def denied(p):  # what a file of another user, mode 0600, gives (root reads everything)
+        raise PermissionError(13, "Permission denied", str(p))
+
+    monkeypatch.setattr(cache_mod, "_DIGESTS", {})
+    monkeypatch.setattr(cache_mod, "sha256_file", denied)
+    with pytest.raises(WeightsUnavailableError, match=f"weights file {path} cannot be read"):
+        resolve_model("test_resnet", str(path))
+
+
+def test_a_weights_file_rewritten_after_it_was_hashed_is_refused(tmp_path):
+    """Artifacts are keyed by the digest taken when the file was located (pytest: at
+    collection); a checkpoint rewritten before the model is loaded must not be exported and
+    cached under the old file's key."""
+    path = tmp_path / "last.pth"
+    torch.save(load_bundle("test_resnet", "random:1").model.state_dict(), path)
+    ref = resolve_model("test_resnet", str(path))
+    torch.save(load_bundle("test_resnet", "random:2").model.state_dict(), path)
+    with pytest.raises(WeightsUnavailableError, match="changed since it was located"):
+        load_bundle(ref)
 
 
 def test_pretrained_comes_from_hf_cache_when_present(tmp_path, monkeypatch):

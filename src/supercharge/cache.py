@@ -170,13 +170,14 @@ def mark_used(folder: Path) -> None:
     if marker is None:
         return
     with suppress(OSError):
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o666)
+        # O_NOFOLLOW: a link planted in a shared `.locks` must not get its target chmod 0o666
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         try:
             with suppress(OSError):  # umask-proof, as filelock does; only the owner can
                 os.fchmod(fd, 0o666)
+            os.utime(fd if os.utime in os.supports_fd else marker)
         finally:
             os.close(fd)
-        os.utime(marker)
 
 
 def last_used(folder: Path) -> float:
@@ -215,6 +216,11 @@ def _digest(path: Path, st: os.stat_result) -> str:
         if started - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
             _DIGESTS[key] = digest
     return digest
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of `path`, hashed once per process until the file changes (as lookups are)."""
+    return _digest(path, path.stat())
 
 
 CACHEDIR_TAG = "CACHEDIR.TAG"
@@ -304,10 +310,12 @@ class ArtifactCache:
     def lookup(self, spec: ArtifactSpec) -> Artifact | None:
         """The valid artifact for `spec`, or None when missing or corrupt."""
         path = self.path_for(spec)
+        if path.is_dir():  # a use, recorded before the check (seconds for a large file), so a
+            mark_used(path)  # prune meanwhile keeps it; also in a read-only cache, where its
+            # lock file may be writable
         manifest = self._verified_manifest(path, spec)
         if manifest is None:
             return None
-        mark_used(path)  # also in a read-only cache, where its lock file may be writable
         return Artifact(path, manifest, built=False)
 
     def get_or_build(self, spec: ArtifactSpec, build: Builder) -> Artifact:

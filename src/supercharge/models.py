@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from supercharge.errors import UnknownModelError
+from supercharge.errors import UnknownModelError, WeightsUnavailableError
 from supercharge.weights import (
     ResolvedWeights,
     WeightsSpec,
@@ -21,6 +21,7 @@ from supercharge.weights import (
     fit_by_order,
     read_state_dict,
     resolve_weights,
+    weights_digest,
 )
 
 DEFAULT_MODEL = "tf_efficientnet_lite0"
@@ -115,6 +116,12 @@ def load_bundle(
             net.load_state_dict(
                 fit(read_state_dict(resolved.path), net.state_dict(), resolved.source)
             )
+    if resolved.path is not None and weights_digest(resolved.path) != resolved.digest:
+        # the artifacts are keyed by the digest taken when the weights were located
+        raise WeightsUnavailableError(
+            f"weights file {resolved.path} changed since it was located (rewritten while this "
+            "ran?): run again once it no longer changes"
+        )
     net.eval()
     return ModelBundle(
         ref=ref,

@@ -18,7 +18,7 @@ from typing import Literal
 
 import torch
 
-from supercharge.cache import sha256_file
+from supercharge.cache import file_digest
 from supercharge.errors import WeightsMismatchError, WeightsUnavailableError
 from supercharge.registry import PACKAGED_WEIGHTS, PackagedWeights
 
@@ -98,6 +98,17 @@ def packaged_file(entry: PackagedWeights) -> Path | None:
     return None
 
 
+def weights_digest(path: Path) -> str:
+    """The sha256 keying a weights file; an unreadable file is a one-line error naming it."""
+    try:
+        return file_digest(path)
+    except OSError as exc:
+        raise WeightsUnavailableError(
+            f"weights file {path} cannot be read ({exc.strerror or exc}): fix its permissions, "
+            "or use --weights random or another file"
+        ) from exc
+
+
 @dataclass(frozen=True)
 class ResolvedWeights:
     """Where a model's tensors will come from, identified without creating the model.
@@ -126,7 +137,7 @@ def resolve_weights(name: str, spec: WeightsSpec) -> ResolvedWeights:
                 ".safetensors file"
             )
         return ResolvedWeights(
-            spec, str(spec.path), sha256_file(spec.path), spec.path, loader="names"
+            spec, str(spec.path), weights_digest(spec.path), spec.path, loader="names"
         )
 
     from timm.models import get_pretrained_cfg, split_model_name_tag
@@ -135,7 +146,7 @@ def resolve_weights(name: str, spec: WeightsSpec) -> ResolvedWeights:
     cached = hf_cached_file(cfg.to_dict()) if cfg is not None else None
     if cached is not None:
         return ResolvedWeights(
-            spec, f"Hugging Face cache: {cached}", sha256_file(cached), cached, loader="timm"
+            spec, f"Hugging Face cache: {cached}", weights_digest(cached), cached, loader="timm"
         )
     entry = PACKAGED_WEIGHTS.get(split_model_name_tag(name)[0])
     path = packaged_file(entry) if entry else None
@@ -151,7 +162,7 @@ def resolve_weights(name: str, spec: WeightsSpec) -> ResolvedWeights:
     return ResolvedWeights(
         spec,
         f"{entry.distribution} ({entry.license}): {path.name}",
-        sha256_file(path),
+        weights_digest(path),
         path,
         loader=entry.remap,
     )
