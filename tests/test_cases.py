@@ -230,6 +230,14 @@ def test_the_suite_loads_without_pytest_benchmark(pytester_run):
     assert result.returncode == 0 and "INTERNALERROR" not in result.stdout + result.stderr
 
 
+def test_the_grid_without_pytest_benchmark_is_one_usage_error(pytester_run):
+    """perf/ needs the benchmark fixture: one line saying so, not one setup error per case."""
+    result = pytester_run("-p", "no:benchmark", "perf", "--batch-sizes", "1")
+    assert result.returncode == 4, result.stdout[-2000:]
+    assert result.stderr.strip().startswith("ERROR: perf/ times its cases with pytest-benchmark")
+    assert "fixture 'benchmark' not found" not in result.stdout
+
+
 def test_an_unknown_hypothesis_profile_is_a_usage_error_naming_ours(pytester_run):
     result = pytester_run("--hypothesis-profile", "nope", "--collect-only", "accuracy")
     assert result.returncode == 4 and "INTERNALERROR" not in result.stdout + result.stderr

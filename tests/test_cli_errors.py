@@ -70,6 +70,16 @@ def test_a_max_slowdown_that_would_disarm_the_gate_is_refused(run_cli, tmp_path,
     assert "--max-slowdown" in line and "give a finite, non-negative percent" in line
 
 
+def test_a_run_after_an_option_is_still_a_run(run_cli, tmp_path):
+    """`gate BASE --max-slowdown 10 CURRENT` compares the two, as with the options last."""
+    base = _save(tmp_path / "b.json", run(0.040, 0.010))
+    slow = _save(tmp_path / "r.json", run(0.040, 0.020))  # a 100% slowdown
+    code, out, err = run_cli("gate", base, "--max-slowdown", "10", slow)
+    assert (code, err) == (1, "") and "regressed" in out
+    code, _, err = run_cli("gate", base, "--nope", slow)
+    assert code == 2 and "unrecognized arguments: --nope" in err
+
+
 @pytest.mark.parametrize("ratio", ["nan", "inf", "1e400", "0", "-2"])
 def test_a_speedup_floor_must_be_a_finite_positive_ratio(run_cli, tmp_path, ratio):
     path = _save(tmp_path / "run.json", run(0.040, 0.010))

@@ -193,3 +193,23 @@ def test_a_floor_missed_by_a_hair_is_shown_rounded_down():
     assert "| x | 3.99x | 4x | NOT met | x |" in floors_markdown([check])
     met = FloorCheck(SpeedupFloor("x", 4.0), "x", 4.004)
     assert "| x | 4.00x | 4x | met | x |" in floors_markdown([met])
+
+
+def test_files_of_an_earlier_run_are_kept_and_named(tmp_path, monkeypatch):
+    """A run that ran no accuracy gate (or timed no case) leaves the other kind's files, which
+    scripts/gpu_grid.sh needs; its own report and the terminal say whose they are."""
+    import supercharge.accuracy_report
+
+    monkeypatch.setattr(supercharge.accuracy_report, "accuracy_markdown", lambda rows: "| t |")
+    accuracy_only = SuiteResults(accuracy=[{"combo": "ort-cpu-baked-fp32", "verdict": "pass"}])
+    write_report(sample(), tmp_path)
+    created = json.loads((tmp_path / "speed.json").read_text())["created"]
+    _, text = write_report(accuracy_only, tmp_path)  # e.g. accuracy/test_gates.py alone
+    note = f"speed.* there are an earlier run's ({created}): this run timed no case"
+    assert note in text and note in (tmp_path / "accuracy.md").read_text()
+    assert (tmp_path / "speed.md").is_file() and (tmp_path / "speed.png").is_file()
+    _, text = write_report(sample(), tmp_path)  # e.g. -k end_to_end: the gates' files stay
+    assert "accuracy.* there are an earlier run's" in text and "this run ran no accuracy" in text
+    both = SuiteResults(timings=sample().timings, accuracy=accuracy_only.accuracy)
+    _, text = write_report(both, tmp_path)
+    assert "earlier run" not in text

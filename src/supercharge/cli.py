@@ -512,7 +512,13 @@ def _main(argv: Sequence[str] | None) -> int:
     argv = _bare_floors(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra and args.command == "gate" and not any(a.startswith("-") for a in extra):
+            # `gate BASE --max-slowdown 10 CURRENT`: argparse's nargs="+" takes only the runs
+            # before the first option; a run after it is still a run
+            args.runs += [Path(a) for a in extra]
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except UsageError as exc:
         prog = exc.prog
         if prog == parser.prog:  # e.g. an unrecognized option after the command: its --help

@@ -276,6 +276,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run each pipeline's grid cases back to back (end to end, then the model alone), so the
     one-pipeline cache in `pipeline_for` builds each pipeline once."""
+    if any("grid_case" in _params(item) for item in items) and not config.pluginmanager.hasplugin(
+        "benchmark"
+    ):  # else every case errors with "fixture 'benchmark' not found" and a list of fixtures
+        raise pytest.UsageError(
+            "perf/ times its cases with pytest-benchmark, which is not active (-p no:benchmark, "
+            "or not installed: pip install 'pytest-benchmark>=5.3.1'); run accuracy/ or tests/ "
+            "alone without it"
+        )
     if any({"grid_case", "grid_combo"} & set(_params(item)) for item in items):
         _check_model(config)
         try:  # only now: `pytest tests` on a read-only checkout writes no report

@@ -328,6 +328,11 @@ def write_report(
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     # an interrupted or failing session says so at the top of every file
     said = f"\n\n**{status}**" if status else ""
+    # A run with no timed case or no accuracy gate leaves the other kind's files (gpu_grid.sh
+    # writes speed and gates in two runs into one folder): kept, never lost, but named
+    beside = _earlier_files(folder, timed=bool(results.timings), judged=bool(results.accuracy))
+    if beside:
+        said += f"\n\n{beside}"
     written: list[Path] = []
     text_parts: list[str] = []
     info = machine_info()
@@ -389,7 +394,26 @@ def write_report(
         written.append(
             _atomic_write(folder / "accuracy.json", json.dumps(payload, indent=2, default=str))
         )
+    if beside:
+        text_parts.append(beside)
     return written, "\n\n".join(text_parts)
+
+
+def _earlier_files(folder: Path, timed: bool, judged: bool) -> str | None:
+    """A line naming the report files in `folder` that this run leaves from an earlier run."""
+    notes = []
+    for produced, name, what in (
+        (timed, "speed", "timed no case"),
+        (judged, "accuracy", "ran no accuracy gate"),
+    ):
+        if produced or not (folder / f"{name}.json").is_file():
+            continue
+        try:
+            created = json.loads((folder / f"{name}.json").read_text())["created"]
+        except (OSError, ValueError, KeyError, TypeError):
+            created = "date unknown"
+        notes.append(f"{name}.* there are an earlier run's ({created}): this run {what}")
+    return f"Beside this report in {folder}: " + "; ".join(notes) + "." if notes else None
 
 
 def pace_markdown(pace: Pace) -> str:
