@@ -549,3 +549,18 @@ def test_a_file_floor_matching_a_case_without_its_baseline_fails():
     floors = [SpeedupFloor("ort-cpu-*-bs8", 2.0), SpeedupFloor("resnet50-*", 2.0)]
     statuses = [v.status for v in gate.floor_verdicts(mixed, floors, required=False)]
     assert statuses == ["unmatched", "not-run"]  # this run's case fails; another model's is not run
+
+
+def test_a_noisy_case_is_named_in_its_verdict_which_it_does_not_change():
+    """As the report marks it (noisy): the case's rounds or its paired baseline spread more
+    than 10% of their median, in either run."""
+    base, cur = run(0.040, 0.010), run(0.040, 0.010)
+    base["benchmarks"][1]["stats"]["iqr"] = 0.0005  # 5%: steady
+    cur["benchmarks"][1]["extra_info"].update(paired_baseline_s=0.04, paired_baseline_iqr_s=0.008)
+    verdicts = {v.key: v for v in gate.compare(base, cur)}
+    ort = verdicts[f"{MODEL}-ort-cpu-baked-fp32-bs1 [end-to-end]"]
+    assert ort.status == "ok" and "noisy in current: rerun" in ort.line()
+    assert "noisy" not in verdicts[f"{MODEL}-torch-cpu-timm-fp32-bs1 [end-to-end]"].line()
+    base["benchmarks"][1]["stats"]["iqr"] = 0.002  # 20%
+    (ort,) = [v for v in gate.compare(base, cur) if "ort-cpu" in v.key]
+    assert "noisy in base and current: rerun" in ort.line()

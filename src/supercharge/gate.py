@@ -22,7 +22,7 @@ from typing import Any
 from supercharge.errors import SuperchargeError
 from supercharge.floors import SpeedupFloor, check_floors
 from supercharge.pace import Pace, describe_change
-from supercharge.report import END_TO_END
+from supercharge.report import END_TO_END, NOISY_SPREAD
 
 BASELINE = ("timm", "fp32")  # the reference preprocessing and precision, on the case's device
 
@@ -193,6 +193,18 @@ def _speedups(run: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def _noisy(bench: dict[str, Any]) -> bool:
+    """Whether a case's speedup is marked (noisy) in its run's report: its rounds' or its paired
+    baseline's IQR above NOISY_SPREAD of the median. Named in the verdict, never changing it."""
+    info, stats = bench.get("extra_info") or {}, bench["stats"]
+    iqr, median = stats.get("iqr"), stats.get("median")
+    spreads = [iqr / median if isinstance(iqr, (int, float)) and median else 0.0]
+    paired, paired_iqr = info.get("paired_baseline_s"), info.get("paired_baseline_iqr_s")
+    if isinstance(paired, (int, float)) and isinstance(paired_iqr, (int, float)) and paired:
+        spreads.append(paired_iqr / paired)
+    return max(spreads) > NOISY_SPREAD
+
+
 def _significantly_slower(base: list[float], cur: list[float], alpha: float) -> bool | None:
     """One-sided Mann-Whitney U: are the current rounds slower? None without raw rounds."""
     if len(base) < 5 or len(cur) < 5:
@@ -236,7 +248,11 @@ def compare(
             b, c = base_s[key], cur_s[key]
             change = b / c - 1.0  # speedup fell by this fraction
             bad = change > max_slowdown
-            verdicts.append(Verdict(key, b, c, change, "regressed" if bad else "ok", "speedup"))
+            noisy = [
+                w for w, bench in (("base", base_b[key]), ("current", cur_b[key])) if _noisy(bench)
+            ]
+            note = "speedup" + (f"; noisy in {' and '.join(noisy)}: rerun" if noisy else "")
+            verdicts.append(Verdict(key, b, c, change, "regressed" if bad else "ok", note))
         else:
             b, c = base_b[key]["stats"]["median"], cur_b[key]["stats"]["median"]
             change = c / b - 1.0
