@@ -19,14 +19,31 @@ TOOL_VENV = ROOT / ".venv-tox"
 ALIASES = {"test": "tests", "tests": "tests", "bench": "bench", "gpu": "gpu", "lint": "lint"}
 
 
+class SetupError(Exception):
+    """The tool venv could not be made: one line saying what to do, not a traceback."""
+
+
 def _tox() -> Path:
     bindir = TOOL_VENV / ("Scripts" if os.name == "nt" else "bin")
     tox = bindir / ("tox.exe" if os.name == "nt" else "tox")
-    if not tox.exists():
-        print(f"run.py: creating {TOOL_VENV.name} with tox (first run only)", flush=True)
+    if tox.exists():
+        return tox
+    print(f"run.py: creating {TOOL_VENV.name} with tox (first run only)", flush=True)
+    try:
         venv.EnvBuilder(with_pip=True, clear=True).create(TOOL_VENV)
-        python = bindir / ("python.exe" if os.name == "nt" else "python")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SetupError(
+            f"creating {TOOL_VENV} failed ({exc}): this Python lacks a working venv/ensurepip "
+            "(Debian/Ubuntu: apt install python3-venv), or the folder is not writable"
+        ) from None
+    python = bindir / ("python.exe" if os.name == "nt" else "python")
+    try:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "tox>=4.20"], check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise SetupError(
+            f"installing tox into {TOOL_VENV} failed ({exc}): check that pip can reach the "
+            "package index (or its proxy/mirror settings), then run again"
+        ) from None
     return tox
 
 
@@ -38,8 +55,12 @@ def main(argv: list[str]) -> int:
         print("run.py: Python >= 3.10 is required")
         return 2
     env, rest = ALIASES[argv[0]], argv[1:]
-    cmd = [str(_tox()), "-e", env, *(["--", *rest] if rest else [])]
-    return subprocess.call(cmd, cwd=ROOT)
+    try:
+        tox = _tox()
+    except SetupError as exc:
+        print(f"run.py: {exc}", file=sys.stderr)
+        return 2
+    return subprocess.call([str(tox), "-e", env, *(["--", *rest] if rest else [])], cwd=ROOT)
 
 
 if __name__ == "__main__":
