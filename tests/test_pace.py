@@ -131,7 +131,8 @@ def test_gate_notes_a_machine_that_changed_pace_between_and_during_runs(tmp_path
     assert run_pace(cur) == Pace(3.0, 3.2)
     notes = pace_notes(cur, base)
     assert notes[0].startswith("machine pace during the current run: +7% (steady)")
-    assert notes[1].startswith("machine pace baseline -> current: +55%") and "rerun" in notes[1]
+    assert notes[1].startswith("machine pace during the baseline run: +0% (steady)")
+    assert notes[2].startswith("machine pace baseline -> current: +55%") and "rerun" in notes[2]
     old = _run(tmp_path, "c.json", None)
     assert pace_notes(cur, old)[-1] == (
         "machine pace: not recorded in the baseline (saved by an older suite)"
