@@ -30,6 +30,7 @@ from supercharge.models import load_bundle
 from supercharge.pipeline import BAKED, PREPROCESS, build_pipeline
 from supercharge.runners import BACKENDS, create_runner
 from supercharge.runners import ort_runner as ort_runner_module
+from supercharge.runners import quantize as quantize_module
 from supercharge.runners.base import (
     BackendUnavailableError,
     backend_grid,
@@ -397,6 +398,7 @@ def test_cuda_graph_needs_a_cuda_device(tiny_onnx):
 
 
 def test_int8_artifact_is_built_once_and_keyed(tiny, tmp_path, monkeypatch):
+    import PIL
     from onnxruntime import quantization
 
     cache = ArtifactCache(tmp_path, log=_quiet)
@@ -407,6 +409,7 @@ def test_int8_artifact_is_built_once_and_keyed(tiny, tmp_path, monkeypatch):
     inputs = first.manifest["inputs"]
     assert inputs["model_onnx"] == export_onnx(tiny, cache).manifest["key"]
     assert inputs["settings"]["per_channel"] is True and inputs["onnxruntime"]
+    assert inputs["pillow"] == PIL.__version__  # it decodes and resizes the calibration batch
     assert inputs["calibration"]["images"] == sorted(p.name for p in FIXTURES.iterdir())
 
     def no_rebuild(*args, **kwargs):
@@ -489,13 +492,24 @@ def test_int8_warns_on_onnxruntime_releases_whose_qdq_fusions_go_wrong(version, 
         assert "onnxruntime>=1.32" in message
 
 
-def test_bad_calibration_is_one_line(tiny, cache, tmp_path):
+def test_bad_calibration_is_one_line(tiny, cache, tmp_path, monkeypatch):
     with pytest.raises(SuperchargeError) as info:
         quantized_model(tiny, cache, calibration=tmp_path / "nowhere")
     assert "nowhere" in _one_line(info.value)
     with pytest.raises(SuperchargeError) as info:
         quantized_model(tiny, cache, calibration=tmp_path)  # exists, holds no images
     assert str(tmp_path) in _one_line(info.value)
+    unreadable = tmp_path / "locked.png"
+    unreadable.write_bytes(b"")
+    with monkeypatch.context() as m:  # what a file of another user, mode 0600, gives (not root)
+        m.setattr(quantize_module, "sha256_file", _permission_denied)
+        with pytest.raises(SuperchargeError) as info:
+            quantized_model(tiny, cache, calibration=[unreadable])
+    assert f"calibration image {unreadable} cannot be read" in _one_line(info.value)
+
+
+def _permission_denied(path):
+    raise PermissionError(13, "Permission denied", str(path))
 
 
 @pytest.mark.slow

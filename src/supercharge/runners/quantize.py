@@ -95,7 +95,14 @@ def calibration_digest(paths: Sequence[Path]) -> str:
     for p in paths:
         if not p.is_file():
             raise SuperchargeError(f"calibration image {p} does not exist: check the path")
-        h.update(p.name.encode() + b"\0" + sha256_file(p).encode())
+        try:
+            digest = sha256_file(p)
+        except OSError as exc:
+            raise SuperchargeError(
+                f"calibration image {p} cannot be read ({exc.strerror or exc}): fix its "
+                "permissions or leave it out"
+            ) from None
+        h.update(p.name.encode() + b"\0" + digest.encode())
     return h.hexdigest()
 
 
@@ -228,6 +235,7 @@ def quantized_model(
     The artifact's "model.onnx" has the fp32 export's input and output names and dynamic batch.
     """
     import onnxruntime as ort
+    import PIL
 
     warn_if_qdq_fusions_are_unreliable()
     onnx_artifact = export_onnx(model, cache)
@@ -243,6 +251,8 @@ def quantized_model(
         },
         "data_config": data_config,
         "onnxruntime": ort.__version__,
+        # the calibration batch is timm's transform of the photos: Pillow decodes and resizes
+        "pillow": PIL.__version__,
         "revision": QUANT_REVISION,
     }
 
