@@ -25,6 +25,37 @@ def test_unknown_model_suggests_close_names(run_cli, coffee):
     assert "did you mean" in line and "tf_efficientnet_lite0" in line
 
 
+@pytest.mark.parametrize("command", ["predict", "export"])
+def test_a_model_without_a_classifier_head_is_one_line(run_cli, coffee, tmp_path, command):
+    """eva02_tiny_patch14_224 (default weights mim_in22k) is built with num_classes=0: its
+    output is 192 features, which failed the grid's shape check and crashed `predict` with an
+    IndexError on the class names. Refused before any model is built or exported."""
+    args = [coffee] if command == "predict" else []
+    code, _out, err = run_cli(
+        command,
+        *args,
+        "--model",
+        "eva02_tiny_patch14_224",
+        "--weights",
+        "random",
+        "--artifact-dir",
+        tmp_path,
+    )
+    line = _one_line_error(code, err)
+    assert "eva02_tiny_patch14_224 has no classifier head" in line and "num_classes=0" in line
+    assert not list(tmp_path.glob("onnx-*/*"))
+
+
+def test_a_head_less_model_built_anyway_is_refused():
+    from supercharge.errors import UnknownModelError
+    from supercharge.models import ModelRef, load_bundle, resolve_model
+
+    ref = resolve_model("eva02_tiny_patch14_336.mim_in22k_ft_in1k", "random")
+    headless = ModelRef("eva02_tiny_patch14_224", ref.weights)  # past resolve_model's check
+    with pytest.raises(UnknownModelError, match="eva02_tiny_patch14_224 has no classifier head"):
+        load_bundle(headless)
+
+
 def test_pretrained_unavailable_offline(run_cli, coffee, tmp_path, monkeypatch):
     import huggingface_hub.constants
 

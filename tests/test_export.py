@@ -116,3 +116,47 @@ def test_weights_that_give_nan_are_named_not_blamed_on_the_export(tmp_path):
 def test_opset_below_18_is_refused():
     with pytest.raises(ValueError, match="opset 17 is too old"):
         ExportOptions(opset=17)
+
+
+_HIERA_SUMMARY = (
+    "Failed to convert the exported program to an ONNX model. This is step 3/3\n"
+    "## Exception summary\n"
+    "<class 'AssertionError'>: only 4D query, key, and value are supported\n"
+    "<class 'torch.onnx._internal.exporter._errors.GraphConstructionError'>: Error when "
+    "calling function 'TracedOnnxFunction(<function aten_scaled_dot_product_attention>)'\n"
+)
+
+
+def test_fused_attention_torch_onnx_cannot_translate_is_exported_unfused(tmp_path, monkeypatch):
+    """hiera_tiny_224's 5-D scaled_dot_product_attention fails torch.onnx (torch 2.14.1:
+    "only 4D query, key, and value are supported"); timm's unfused attention exports and matches
+    PyTorch. The model is left fused afterwards (the torch runners share it)."""
+    real = torch.onnx.export
+    bundle = load_bundle("test_vit", "random")
+    fused = [m for m in bundle.model.modules() if getattr(m, "fused_attn", False) is True]
+    assert fused
+
+    def like_hiera(*args, **kwargs):
+        if any(m.fused_attn for m in fused):
+            raise RuntimeError(_HIERA_SUMMARY)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", like_hiera)
+    artifact = export_onnx(bundle, ArtifactCache(tmp_path, log=lambda m: None))
+    assert artifact.manifest["check"]["relative_error"] <= 1e-3
+    assert all(m.fused_attn for m in fused)
+
+
+def test_a_model_torch_onnx_cannot_export_is_one_line(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError(_HIERA_SUMMARY.replace("only 4D", "no rule for aten.foo: only 4D"))
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    bundle = load_bundle("test_resnet", "random")  # no fused attention to fall back from
+    cache = ArtifactCache(tmp_path, log=lambda m: None)
+    with pytest.raises(ExportCheckError) as info:
+        export_onnx(bundle, cache)
+    line = str(info.value)
+    assert "\n" not in line and line.startswith("torch.onnx cannot export test_resnet (")
+    assert "(AssertionError: no rule for aten.foo: only 4D query" in line
+    assert cache.lookup(onnx_spec(bundle.ref)) is None

@@ -472,6 +472,68 @@ def test_int8_falls_back_to_onnx_shape_inference_and_says_so(tiny, cache, monkey
     assert normal.manifest["shape_inference"] == "symbolic"
 
 
+def test_a_failed_symbolic_shape_inference_leaves_nothing_in_the_cwd(tiny, tmp_path, monkeypatch):
+    """On a model it cannot complete (efficientformerv2_s0, 1.32.0), ORT's symbolic shape
+    inference saves sym_shape_infer_temp.onnx and a <uuid>.data copy of the weights in the
+    current folder before raising: the int8 build runs it in its own work folder."""
+    from onnxruntime import quantization as q
+
+    real = q.quant_pre_process
+
+    def like_ort(source, out, *args, skip_symbolic_shape=False, **kwargs):
+        if not skip_symbolic_shape:  # what SymbolicShapeInference.infer_shapes does
+            Path("sym_shape_infer_temp.onnx").write_bytes(b"model")
+            Path("0123-uuid.data").write_bytes(b"weights")
+            raise Exception("Incomplete symbolic shape inference")
+        return real(source, out, *args, skip_symbolic_shape=skip_symbolic_shape, **kwargs)
+
+    here = tmp_path / "cwd"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setattr(q, "quant_pre_process", like_ort)
+    with pytest.warns(UserWarning, match="Incomplete symbolic shape inference"):
+        int8 = quantized_model(tiny, ArtifactCache(tmp_path / "artifacts", log=_quiet))
+    assert int8.file(MODEL_FILE).is_file()
+    assert list(here.iterdir()) == [] and Path.cwd() == here
+
+
+def test_a_model_onnxruntime_cannot_quantise_is_one_line(tiny, tmp_path, monkeypatch):
+    """quantize_static's own limits (poolformer_s12 with InstanceNormalization quantised:
+    "Quantization parameter shared mode is not supported for weight yet") name the model and
+    say how to leave int8 out, in one line; nothing is cached."""
+    from onnxruntime import quantization as q
+
+    def refuse(*args, **kwargs):
+        raise ValueError("Quantization parameter shared mode is not supported for weight yet")
+
+    monkeypatch.setattr(q, "quantize_static", refuse)
+    cache = ArtifactCache(tmp_path, log=_quiet)
+    with pytest.raises(SuperchargeError) as info:
+        quantized_model(tiny, cache)
+    line = _one_line(info.value)
+    assert "test_efficientnet" in line and "shared mode is not supported" in line
+    assert "--skip int8" in line and "--precisions fp32" in line
+    assert not list((tmp_path / INT8_KIND).glob("*/model.onnx"))
+
+
+@pytest.mark.slow
+def test_int8_keeps_instancenorm_in_float_so_poolformer_quantises(tmp_path, photos):
+    """timm's GroupNorm exports as InstanceNormalization; quantised, quantize_static raised on
+    poolformer_s12 (random weights, onnxruntime 1.32.0); in float its cosine is 0.9995."""
+    net = load_bundle("poolformer_s12", "random")
+    cache = ArtifactCache(tmp_path, log=_quiet)
+    int8 = quantized_model(net, cache)
+    graph = onnx.load(str(int8.file(MODEL_FILE))).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    norms = [n for n in graph.node if n.op_type == "InstanceNormalization"]
+    assert norms and all(producers.get(n.input[1]) != "DequantizeLinear" for n in norms)
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+    fp32 = build_pipeline(net, cache, "ort-cpu", "timm")
+    q8 = build_pipeline(net, cache, "ort-cpu", "timm", precision="int8")
+    ref, got = fp32(photos), q8(photos)
+    assert min(_cosine(r, g) for r, g in zip(ref, got, strict=True)) > 0.98
+
+
 @pytest.mark.parametrize(
     ("version", "warned"),
     [("1.30.0", True), ("1.31.1", True), ("1.32.0", False), ("1.40.1", False), ("2.0.0", False)],

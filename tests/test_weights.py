@@ -131,6 +131,25 @@ def test_class_names_are_imagenet_descriptions():
     assert bundle.class_names[967] == "espresso"
 
 
+@pytest.mark.parametrize("name", ["gmlp_ti16_224", "test_resnet"])
+def test_random_weights_never_give_every_class_the_same_logit(name):
+    """timm zero-initialises the heads of MLP-Mixer, ResMLP, gMLP and Sequencer models: their
+    random-weight logits were all 0 and every accuracy gate read cosine NaN (sequencer2d_s:
+    7 of 7 gates, torch-cpu against itself included). A head timm initialises is left alone."""
+    import timm
+
+    bundle = load_bundle(name, "random")
+    logits = bundle.model(torch.randn(2, *bundle.input_size, generator=torch.Generator()))
+    assert (logits.std(dim=1) > 0).all()
+    torch.manual_seed(0)
+    plain = timm.create_model(name, pretrained=False)
+    zero = not plain.get_classifier().weight.any()
+    assert zero == (name == "gmlp_ti16_224")
+    if not zero:  # the same random init as before for every other model
+        assert torch.equal(plain.get_classifier().weight, bundle.model.get_classifier().weight)
+    assert bundle.ref.weights.digest == "random:0:head2"  # rebuilt, not an old zero-head graph
+
+
 def test_unknown_pretrained_tag_lists_known_tags():
     from supercharge.errors import UnknownModelError
     from supercharge.models import resolve_model

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from supercharge.cache import Artifact, ArtifactCache, ArtifactSpec
-from supercharge.errors import ExportCheckError
+from supercharge.errors import ExportCheckError, first_line, out_of_memory
 from supercharge.models import ModelBundle, ModelRef, load_bundle
 
 INPUT_NAME = "input"
@@ -100,20 +100,55 @@ def _export(bundle: ModelBundle, path: Path, options: ExportOptions) -> None:
 
     example = torch.randn(options.check_batch, *bundle.input_size)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if options.dynamic_batch else None
-    with torch.inference_mode(False), torch.no_grad():
-        program = torch.onnx.export(
-            bundle.model,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=dynamic,
-            opset_version=options.opset,
-            verbose=False,
-        )
+
+    def export() -> torch.onnx.ONNXProgram:
+        with torch.inference_mode(False), torch.no_grad():
+            return torch.onnx.export(
+                bundle.model,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=dynamic,
+                opset_version=options.opset,
+                verbose=False,
+            )
+
+    fused = [m for m in bundle.model.modules() if getattr(m, "fused_attn", False) is True]
+    try:
+        try:
+            program = export()
+        except Exception as exc:
+            # torch.onnx translates only 4-D scaled_dot_product_attention (hiera's is 5-D):
+            # timm's own unfused attention (the same math) exports
+            if not fused or "scaled_dot_product_attention" not in str(exc):
+                raise
+            for module in fused:
+                module.fused_attn = False
+            try:
+                program = export()
+            finally:
+                for module in fused:
+                    module.fused_attn = True
+    except Exception as exc:
+        if out_of_memory(exc):
+            raise  # the machine's limit, not torch.onnx's: reported as such by the caller
+        raise ExportCheckError(
+            f"torch.onnx cannot export {bundle.name} ({_export_reason(exc)}): report it to "
+            "PyTorch with the model name and versions; the torch-cpu backend still runs it"
+        ) from None
     assert program is not None
     program.save(path, external_data=options.external_data)
     onnx.checker.check_model(str(path), full_check=True)
+
+
+def _export_reason(exc: BaseException) -> str:
+    """The innermost cause torch.onnx summarises ("<class 'X'>: why"), else the first line."""
+    causes = [line for line in str(exc).splitlines() if line.startswith("<class '")]
+    if causes:
+        kind, _, why = causes[0][len("<class '") :].partition("'>: ")
+        return f"{kind.rsplit('.', 1)[-1]}: {why.strip()}"[:200]
+    return f"{type(exc).__name__}: {first_line(exc)}"[:200]
 
 
 def check_against_torch(bundle: ModelBundle, path: Path, batch: int, seed: int = 0) -> float:

@@ -76,9 +76,34 @@ def check_model_name(name: str) -> None:
             raise UnknownModelError(f"unknown tag {tag!r} for model {base!r}: {hint}") from None
 
 
+def check_has_classifier(name: str, num_classes: int | None) -> None:
+    """Raise UnknownModelError when timm builds `name` without a classifier head
+    (num_classes=0: its default weights are a feature extractor, e.g. eva02_*.mim_in22k):
+    every pipeline here compares and ranks class logits."""
+    if num_classes is None or int(num_classes) != 0:
+        return
+    import timm
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    base, _ = split_model_name_tag(name)
+    heads = [
+        t
+        for t in timm.list_pretrained(f"{base}.*")
+        if getattr(get_pretrained_cfg(t), "num_classes", 0)
+    ]
+    hint = f"pick a tag that has one ({', '.join(heads[:3])})" if heads else "pick another model"
+    raise UnknownModelError(
+        f"{name} has no classifier head (timm builds it with num_classes=0, a feature "
+        f"extractor) and supercharge compares class logits: {hint}"
+    )
+
+
 def resolve_model(name: str = DEFAULT_MODEL, weights: str | WeightsSpec = "pretrained") -> ModelRef:
     """Validate the name and locate the weights; cheap, creates no model."""
+    from timm.models import get_pretrained_cfg
+
     check_model_name(name)
+    check_has_classifier(name, getattr(get_pretrained_cfg(name), "num_classes", None))
     spec = weights if isinstance(weights, WeightsSpec) else WeightsSpec.parse(weights)
     return ModelRef(name, resolve_weights(name, spec))
 
@@ -94,6 +119,22 @@ def class_names_for(model: torch.nn.Module) -> list[str]:
         if info.num_classes() == num_classes:
             return [info.index_to_description(i) for i in range(num_classes)]
     return [f"class {i}" for i in range(num_classes)]
+
+
+def randomise_zero_head(net: torch.nn.Module) -> None:
+    """timm zero-initialises the classifier of some families (MLP-Mixer, ResMLP, gMLP,
+    Sequencer): with random weights every class then gets the same logit and no accuracy gate
+    can judge anything (cosine NaN on every pipeline, PyTorch against itself included). Such a
+    head gets timm's usual trunc_normal(std=0.02) instead (the random weights' digest says so)."""
+    get = getattr(net, "get_classifier", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, torch.nn.Module):
+        return
+    with torch.no_grad():
+        for module in head.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.dim() >= 2 and not weight.any():
+                torch.nn.init.trunc_normal_(weight, std=0.02)
 
 
 def load_bundle(
@@ -116,12 +157,15 @@ def load_bundle(
             net.load_state_dict(
                 fit(read_state_dict(resolved.path), net.state_dict(), resolved.source)
             )
+        else:
+            randomise_zero_head(net)
     if resolved.path is not None and weights_digest(resolved.path) != resolved.digest:
         # the artifacts are keyed by the digest taken when the weights were located
         raise WeightsUnavailableError(
             f"weights file {resolved.path} changed since it was located (rewritten while this "
             "ran?): run again once it no longer changes"
         )
+    check_has_classifier(ref.name, getattr(net, "num_classes", None))
     net.eval()
     return ModelBundle(
         ref=ref,

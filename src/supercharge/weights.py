@@ -128,7 +128,8 @@ class ResolvedWeights:
 def resolve_weights(name: str, spec: WeightsSpec) -> ResolvedWeights:
     """Decide where the weights of `name` come from; raise if nothing fits offline."""
     if spec.kind == "random":
-        return ResolvedWeights(spec, f"random init, seed {spec.seed}", f"random:{spec.seed}")
+        # "head2": a zero-initialised classifier is randomised (models.randomise_zero_head)
+        return ResolvedWeights(spec, f"random init, seed {spec.seed}", f"random:{spec.seed}:head2")
     if spec.kind == "file":
         assert spec.path is not None
         if not spec.path.is_file():
