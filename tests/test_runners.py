@@ -427,18 +427,25 @@ def test_int8_artifact_is_built_once_and_keyed(tiny, tmp_path, monkeypatch):
 def test_int8_keeps_layernorm_in_float_so_a_vit_survives(cache, photos):
     """Quantising LayerNormalization took a ViT's logit cosine to 0.85 (top-1 4/10); kept in
     float it is 0.999 (measured). The gate here is the int8 tolerance's cosine, 0.98."""
-    vit = load_bundle("test_vit", "random")
-    int8 = quantized_model(vit, cache)
-    graph = onnx.load(str(int8.file(MODEL_FILE))).graph
-    producers = {o: n.op_type for n in graph.node for o in n.output}
-    norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
-    assert norms and all(producers.get(n.input[0]) != "DequantizeLinear" for n in norms)
-    assert any(n.op_type == "QuantizeLinear" for n in graph.node)
-    fp32 = build_pipeline(vit, cache, "ort-cpu", "timm")
-    q8 = build_pipeline(vit, cache, "ort-cpu", "timm", precision="int8")
-    ref, got = fp32(photos), q8(photos)
+    ref, got = _int8_with_float(
+        load_bundle("test_vit", "random"), cache, photos, "LayerNormalization", 0
+    )
     assert min(_cosine(r, g) for r, g in zip(ref, got, strict=True)) > 0.98
     assert (ref.argmax(1) == got.argmax(1)).all()
+
+
+def _int8_with_float(bundle, cache, photos, op_type: str, operand: int):
+    """Quantise `bundle`, check that every `op_type` node's `operand` is left in float (not
+    fed by a DequantizeLinear) while the rest is quantised; the fp32 and int8 logits."""
+    int8 = quantized_model(bundle, cache)
+    graph = onnx.load(str(int8.file(MODEL_FILE))).graph
+    producers = {o: n.op_type for n in graph.node for o in n.output}
+    nodes = [n for n in graph.node if n.op_type == op_type]
+    assert nodes and all(producers.get(n.input[operand]) != "DequantizeLinear" for n in nodes)
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+    fp32 = build_pipeline(bundle, cache, "ort-cpu", "timm")
+    q8 = build_pipeline(bundle, cache, "ort-cpu", "timm", precision="int8")
+    return fp32(photos), q8(photos)
 
 
 def test_int8_falls_back_to_onnx_shape_inference_and_says_so(tiny, cache, monkeypatch):
@@ -520,17 +527,8 @@ def test_a_model_onnxruntime_cannot_quantise_is_one_line(tiny, tmp_path, monkeyp
 def test_int8_keeps_instancenorm_in_float_so_poolformer_quantises(tmp_path, photos):
     """timm's GroupNorm exports as InstanceNormalization; quantised, quantize_static raised on
     poolformer_s12 (random weights, onnxruntime 1.32.0); in float its cosine is 0.9995."""
-    net = load_bundle("poolformer_s12", "random")
-    cache = ArtifactCache(tmp_path, log=_quiet)
-    int8 = quantized_model(net, cache)
-    graph = onnx.load(str(int8.file(MODEL_FILE))).graph
-    producers = {o: n.op_type for n in graph.node for o in n.output}
-    norms = [n for n in graph.node if n.op_type == "InstanceNormalization"]
-    assert norms and all(producers.get(n.input[1]) != "DequantizeLinear" for n in norms)
-    assert any(n.op_type == "QuantizeLinear" for n in graph.node)
-    fp32 = build_pipeline(net, cache, "ort-cpu", "timm")
-    q8 = build_pipeline(net, cache, "ort-cpu", "timm", precision="int8")
-    ref, got = fp32(photos), q8(photos)
+    net, cache = load_bundle("poolformer_s12", "random"), ArtifactCache(tmp_path, log=_quiet)
+    ref, got = _int8_with_float(net, cache, photos, "InstanceNormalization", 1)
     assert min(_cosine(r, g) for r, g in zip(ref, got, strict=True)) > 0.98
 
 
