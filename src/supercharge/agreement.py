@@ -26,11 +26,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import numpy as np
 
+from supercharge.rounding import round_down
 from supercharge.tolerances import Tolerances
 
 TOP_K = 5
@@ -141,7 +141,7 @@ def format_value(value: Any) -> str:
         if 0.99 <= abs(value) < 1:
             # rounded down, not to nearest: a cosine of 0.9998996 must not read 0.999900 next
             # to the ">= 0.9999" it failed
-            return str(Decimal(repr(value)).quantize(Decimal("1e-6"), rounding=ROUND_FLOOR))
+            return round_down(value, 6)
         return f"{value:.4g}" if abs(value) >= 1e-3 else f"{value:.2e}"
     return str(value)
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import ROUND_FLOOR, Decimal
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 from supercharge.config import load_table
 from supercharge.errors import SuperchargeError
+from supercharge.rounding import round_down
 
 
 @dataclass(frozen=True)
@@ -89,8 +89,7 @@ class FloorCheck:
             return "-"
         if self.speedup >= self.floor.ratio:
             return f"{self.speedup:.{digits}f}"
-        step = Decimal(1).scaleb(-digits)
-        return str(Decimal(repr(self.speedup)).quantize(step, rounding=ROUND_FLOOR))
+        return round_down(self.speedup, digits)
 
     def as_dict(self) -> dict[str, Any]:
         return {

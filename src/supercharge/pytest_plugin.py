@@ -109,7 +109,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     if config.getoption("--report-dir"):  # the default (<rootdir>/reports): once grid cases run
         try:
-            check_report_dir(_report_dir(config), bool(config.getoption("--report-dir")))
+            check_report_dir(_report_dir(config))
         except SuperchargeError as exc:
             raise pytest.UsageError(str(exc)) from None
     left_out = sorted({c.baseline().id for c in combos if c.baseline() not in combos})
@@ -286,10 +286,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         )
     if any({"grid_case", "grid_combo"} & set(_params(item)) for item in items):
         _check_model(config)
-        try:  # only now: `pytest tests` on a read-only checkout writes no report
-            check_report_dir(_report_dir(config), bool(config.getoption("--report-dir")))
-        except SuperchargeError as exc:
-            raise pytest.UsageError(str(exc)) from None
+        if not config.getoption("--report-dir"):  # a chosen one was checked at configure
+            try:  # only now: `pytest tests` on a read-only checkout writes no report
+                check_report_dir(_report_dir(config), chosen=False)
+            except SuperchargeError as exc:
+                raise pytest.UsageError(str(exc)) from None
     slots = [i for i, item in enumerate(items) if "grid_case" in _params(item)]
     if not slots:
         return
