@@ -564,3 +564,19 @@ def test_a_noisy_case_is_named_in_its_verdict_which_it_does_not_change():
     base["benchmarks"][1]["stats"]["iqr"] = 0.002  # 20%
     (ort,) = [v for v in gate.compare(base, cur) if "ort-cpu" in v.key]
     assert "noisy in base and current: rerun" in ort.line()
+
+
+@pytest.mark.parametrize(
+    ("ort_s", "status", "shown"),
+    [
+        (0.011004, "regressed", "+10.04%"),  # past 10% by 0.04 points: never "+10.0%"
+        (0.010 * 1.1, "ok", "+10.0%"),  # 10% is allowed, though 4 / (4 / 1.1) - 1 > 0.1
+        (0.010996, "ok", "+10.0%"),  # below, rounded to the limit: still on its side
+        (0.0125, "regressed", "+25.0%"),
+    ],
+)
+def test_a_slowdown_prints_on_the_side_of_the_limit_it_was_judged(ort_s, status, shown):
+    v = by_key(gate.compare(run(0.040, 0.010), run(0.040, ort_s), max_slowdown=0.10))[
+        f"{MODEL}-ort-cpu-baked-fp32-bs1"
+    ]
+    assert v.status == status and f" {shown}  (" in v.line()

@@ -36,6 +36,7 @@ class Verdict:
     status: str  # "ok", "regressed", "missing", "new", "no-baseline", "below-target",
     # "unmatched" (a speedup floor no case matched), "not-run" (the same, for a floor from a file)
     note: str = ""
+    limit: float | None = None  # the --max-slowdown fraction the change was judged against
 
     def line(self) -> str:
         # more digits where 4 would print two different values alike ("4 -> 4 below-target")
@@ -48,12 +49,28 @@ class Verdict:
         def fmt(v: float | None) -> str:
             return "-" if v is None else f"{v:.{digits}g}"
 
-        change = "" if self.change is None else f" {self.change:+.1%}"
+        change = "" if self.change is None else f" {_percent(self.change, self.limit)}"
         note = f"  ({self.note})" if self.note else ""
         return (
             f"{self.status:<11} {self.key}: {fmt(self.baseline)} -> {fmt(self.current)}"
             f"{change}{note}"
         )
+
+
+def _exceeds(change: float, limit: float) -> bool:
+    """A slowdown past the limit; 1e-9 absorbs float error, so speedups 4.4 -> 4.0 are 10%,
+    not the 10.000000000000009% that 4.4 / 4.0 - 1 computes."""
+    return change > limit + 1e-9
+
+
+def _percent(change: float, limit: float | None) -> str:
+    """`change` as a percent, with more decimals where one would print it on the other side of
+    `limit` (+10.04% regressed at --max-slowdown 10 would read "+10.0%")."""
+    for digits in range(1, 7):
+        shown = f"{change * 100:+.{digits}f}"
+        if limit is None or _exceeds(float(shown) / 100, limit) == _exceeds(change, limit):
+            break
+    return shown + "%"
 
 
 def load_run(path: Path) -> dict[str, Any]:
@@ -247,16 +264,18 @@ def compare(
                 continue
             b, c = base_s[key], cur_s[key]
             change = b / c - 1.0  # speedup fell by this fraction
-            bad = change > max_slowdown
+            bad = _exceeds(change, max_slowdown)
             noisy = [
                 w for w, bench in (("base", base_b[key]), ("current", cur_b[key])) if _noisy(bench)
             ]
             note = "speedup" + (f"; noisy in {' and '.join(noisy)}: rerun" if noisy else "")
-            verdicts.append(Verdict(key, b, c, change, "regressed" if bad else "ok", note))
+            verdicts.append(
+                Verdict(key, b, c, change, "regressed" if bad else "ok", note, max_slowdown)
+            )
         else:
             b, c = base_b[key]["stats"]["median"], cur_b[key]["stats"]["median"]
             change = c / b - 1.0
-            bad = change > max_slowdown
+            bad = _exceeds(change, max_slowdown)
             note = "median s"
             if bad:
                 sig = _significantly_slower(
@@ -266,7 +285,9 @@ def compare(
                 )
                 if sig is False:
                     bad, note = False, f"median s; not significant at p<{alpha}"
-            verdicts.append(Verdict(key, b, c, change, "regressed" if bad else "ok", note))
+            verdicts.append(
+                Verdict(key, b, c, change, "regressed" if bad else "ok", note, max_slowdown)
+            )
     return verdicts
 
 
