@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from supercharge.cache import ArtifactCache
 from supercharge.errors import SuperchargeError
@@ -421,6 +422,52 @@ def test_int8_artifact_is_built_once_and_keyed(tiny, tmp_path, monkeypatch):
     monkeypatch.undo()
     fewer = quantized_model(tiny, cache, calibration=sorted(FIXTURES.iterdir())[:2])
     assert fewer.built and fewer.path != first.path
+
+
+def test_int8_leaves_the_logits_unquantised_and_the_head_int8(tiny, tmp_path):
+    """A uint8 QDQ pair on the logits only rounds them (fastvit_t8: cosine 0.97994 -> 0.98339);
+    the head's input and weights stay int8, and float_outputs=False restores the pair."""
+
+    def head(settings):
+        int8 = quantized_model(tiny, ArtifactCache(tmp_path, log=_quiet), settings=settings)
+        graph = onnx.load(str(int8.file(MODEL_FILE))).graph
+        producers = {o: n for n in graph.node for o in n.output}
+        last = producers[graph.output[0].name]
+        return last, [getattr(producers.get(i), "op_type", "initializer") for i in last.input[:2]]
+
+    last, fed_by = head(QuantSettings())
+    assert last.op_type == "Gemm" and fed_by == ["DequantizeLinear", "DequantizeLinear"]
+    last, _ = head(QuantSettings(float_outputs=False))
+    assert last.op_type == "DequantizeLinear"
+
+
+def test_excluding_the_heads_op_type_still_quantises_inner_outputs_of_that_type(tmp_path):
+    """OpTypesToExcludeOutputQuantization names op types, not nodes: an inner Gemm's output
+    keeps its QDQ pair as its consumer's input, so only the logits stay float."""
+    from onnxruntime import quantization
+
+    from supercharge.runners.quantize import output_op_types
+
+    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 10)).eval()
+    source, out = tmp_path / "mlp.onnx", tmp_path / "mlp-int8.onnx"
+    torch.onnx.export(net, (torch.randn(1, 16),), source, input_names=["x"], dynamo=False)
+    assert output_op_types(source) == ["Gemm"]
+    batches = iter([{"x": np.ones((1, 16), np.float32) * i} for i in range(3)])
+    quantization.quantize_static(
+        str(source),
+        str(out),
+        type("Reader", (), {"get_next": lambda self: next(batches, None)})(),
+        quant_format=quantization.QuantFormat.QDQ,
+        op_types_to_quantize=QuantSettings().op_types(),
+        extra_options={"OpTypesToExcludeOutputQuantization": output_op_types(source)},
+    )
+    graph = onnx.load(str(out)).graph
+    consumers = {i: m.op_type for m in graph.node for i in m.input}
+    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    assert [consumers.get(n.output[0], "graph output") for n in gemms] == [
+        "QuantizeLinear",
+        "graph output",
+    ]
 
 
 @pytest.mark.slow
