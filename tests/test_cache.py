@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import PYTHON
 
 import supercharge.cache as cache_mod
-from supercharge.cache import _PID_TAG, ArtifactCache, ArtifactSpec
+from supercharge.cache import _PID_TAG, ArtifactCache, ArtifactSpec, pid_space_tag, this_pid_space
 from supercharge.errors import ArtifactError
 
 
@@ -263,6 +263,18 @@ def test_abandoned_temp_entries_of_dead_builders_are_swept(tmp_path):
     assert ArtifactCache(tmp_path, log=logs.append).get_or_build(_spec(), CountingBuilder()).built
     assert _leftovers(kind_dir) == sorted(kept)
     assert sum("interrupted build" in m for m in logs) == 2
+
+
+def test_hosts_sharing_a_hostname_and_the_initial_pid_namespace_get_different_tags():
+    """Two CI runners named alike, both in their host's initial pid namespace (same inode on
+    every host), share a cache: one's pids must not judge the other's builds."""
+    host, boot, pid_ns = this_pid_space()
+    if Path("/proc/sys/kernel/random/boot_id").exists():
+        assert boot == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert pid_space_tag(host, boot, pid_ns) == _PID_TAG
+    init = "pid:[4026531836]"
+    assert pid_space_tag("runner", "boot-a", init) != pid_space_tag("runner", "boot-b", init)
+    assert pid_space_tag("runner", "boot-a", init) != pid_space_tag("runner", "boot-a", "pid:[1]")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="pid liveness is only checked on POSIX")

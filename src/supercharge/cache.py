@@ -42,15 +42,24 @@ _USE_ANOTHER = f"or pass --artifact-dir or set {ENV_VAR} to use another cache"
 _TEMP_NAME = re.compile(r"\.(?:build|trash)-(\d+)-([0-9a-f]{8})-")
 
 
-def _pid_namespace_tag() -> str:
-    """Hash of hostname and pid namespace: a pid means nothing on another host or container."""
-    ident = socket.gethostname()
+def this_pid_space() -> tuple[str, str, str]:
+    """Hostname, kernel boot id and pid namespace: what a pid is valid within. The namespace
+    alone does not tell hosts apart (every host's initial one has the same inode), nor does a
+    hostname (CI runners often share one); the boot id does."""
+    boot = pid_ns = ""
+    with suppress(OSError):
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     with suppress(OSError, AttributeError):
-        ident += os.readlink("/proc/self/ns/pid")
-    return hashlib.sha256(ident.encode()).hexdigest()[:8]
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    return socket.gethostname(), boot, pid_ns
 
 
-_PID_TAG = _pid_namespace_tag()
+def pid_space_tag(hostname: str, boot_id: str, pid_ns: str) -> str:
+    """The 8-hex tag in temporary names: a pid means nothing on another host or container."""
+    return hashlib.sha256("\0".join((hostname, boot_id, pid_ns)).encode()).hexdigest()[:8]
+
+
+_PID_TAG = pid_space_tag(*this_pid_space())
 
 
 def default_root() -> Path:
