@@ -17,12 +17,11 @@ import pytest
 from supercharge.report import END_TO_END, MODEL_ONLY
 from supercharge.timing import time_call
 
-IMAGE = "coffee.png"  # one photo repeated: every batch is one size, as a camera feed would be
-
 
 @pytest.fixture
-def images(fixture_images, grid_case):
-    return [fixture_images[IMAGE]] * grid_case.batch_size
+def images(benchmark_image, grid_case):
+    """One photo (--image) repeated: every batch is one size, as a camera feed's would be."""
+    return [benchmark_image] * grid_case.batch_size
 
 
 def test_end_to_end(

@@ -96,6 +96,26 @@ def test_grid_options_that_select_nothing_are_a_usage_error(pytester_run, args, 
     assert len(lines) == 1 and message in lines[0] and "INTERNALERROR" not in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("missing.png", None, "missing.png does not exist"),
+        ("notes.png", b"not a picture", "is not an image PIL can read"),
+    ],
+)
+def test_a_bad_benchmark_image_stops_the_run_before_it_starts(
+    pytester_run, tmp_path, name, content, message
+):
+    """--image is read at configure: one line naming it, not a failure in every grid case."""
+    image = tmp_path / name
+    if content is not None:
+        image.write_bytes(content)
+    result = pytester_run("--image", str(image), "--collect-only", "perf")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
+    assert len(lines) == 1 and "--image: image" in lines[0] and message in lines[0]
+
+
 def test_a_report_dir_that_cannot_be_written_stops_the_run_before_it_starts(pytester_run, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

@@ -580,3 +580,25 @@ def test_a_slowdown_prints_on_the_side_of_the_limit_it_was_judged(ort_s, status,
         f"{MODEL}-ort-cpu-baked-fp32-bs1"
     ]
     assert v.status == status and f" {shown}  (" in v.line()
+
+
+def _with_image(data, name, sha):
+    return {
+        **data,
+        "supercharge": {"image": {"name": name, "width": 8, "height": 6, "sha256": sha}},
+    }
+
+
+def test_runs_that_timed_different_photos_are_not_compared(tmp_path, run_cli):
+    """Preprocessing's cost follows the photo's size: a comparison across photos says nothing
+    about the code, so it is input the gate cannot judge (exit 2), not a regression."""
+    base = _with_image(run(0.040, 0.010), "coffee.png", "a" * 64)
+    cur = _with_image(run(0.040, 0.010), "frame.jpg", "b" * 64)
+    with pytest.raises(SuperchargeError, match=r"timed coffee\.png \(8x6, sha256 aaaaaaaa\)"):
+        gate.check_same_image(base, cur)
+    gate.check_same_image(base, _with_image(run(0.040, 0.011), "copy.png", "a" * 64))
+    gate.check_same_image(base, run(0.040, 0.010))  # saved before photos were recorded
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    (tmp_path / "cur.json").write_text(json.dumps(cur))
+    code, _, err = run_cli("gate", str(tmp_path / "base.json"), str(tmp_path / "cur.json"))
+    assert code == 2 and "compare runs of the same --image" in err and len(err.splitlines()) == 1

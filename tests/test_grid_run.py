@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from supercharge import gpu
+from supercharge.cache import sha256_file
 from supercharge.cli import main as cli_main
 from supercharge.report import END_TO_END, MODEL_ONLY
 
@@ -26,6 +28,8 @@ GRID = [
     "--benchmark-max-time=0.005",
 ]
 TARGETS = ("perf", "accuracy/test_gates.py")
+IMAGE = "chelsea.png"  # 451x300
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +45,8 @@ def grid_run(tmp_path_factory, suite_in_subprocess):
         "timm,numpy,baked,separable",
         "--report-dir",
         str(tmp / "report"),
+        "--image",  # not the default photo, relative to where pytest runs
+        f"fixtures/images/{IMAGE}",
         f"--benchmark-json={tmp / 'bench.json'}",
         "-rs",
     )
@@ -94,6 +100,11 @@ def test_grid_run_records_what_ran_in_extra_info(grid_run):
     assert pace["during_ms"] and all(ms > 0 for ms in pace["during_ms"])  # between cases too
     report = json.loads((tmp / "report" / "speed.json").read_text())
     assert report["pace"] == pace
+    # the photo it timed (--image), for the report and the gate
+    photo = ROOT / "fixtures" / "images" / IMAGE
+    image = {"name": IMAGE, "width": 451, "height": 300, "sha256": sha256_file(photo)}
+    assert run["supercharge"]["image"] == image and report["image"] == image
+    assert f"Timed on {IMAGE} (451x300" in (tmp / "report" / "speed.md").read_text()
     assert "Machine pace (ORT CPU" in (tmp / "report" / "speed.md").read_text()
     for bench in benchmarks:
         info = bench["extra_info"]

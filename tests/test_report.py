@@ -213,3 +213,14 @@ def test_files_of_an_earlier_run_are_kept_and_named(tmp_path, monkeypatch):
     both = SuiteResults(timings=sample().timings, accuracy=accuracy_only.accuracy)
     _, text = write_report(both, tmp_path)
     assert "earlier run" not in text
+
+
+def test_the_report_names_the_photo_it_timed(tmp_path):
+    """Preprocessing's cost follows the image size: a table of speedups without it is half a
+    statement."""
+    results = sample()
+    results.image = {"name": "frame.jpg", "width": 1920, "height": 1080, "sha256": "ab" * 32}
+    _, text = write_report(results, tmp_path)
+    line = "Timed on frame.jpg (1920x1080, sha256 abababab), repeated to fill each batch."
+    assert line in text and line in (tmp_path / "speed.md").read_text()
+    assert json.loads((tmp_path / "speed.json").read_text())["image"] == results.image

@@ -344,6 +344,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
     verdicts: list[gate.Verdict] = []
     compared = 0
     if baseline is not None:
+        gate.check_same_image(baseline, current)
         verdicts = gate.compare(baseline, current, args.max_slowdown / 100.0, args.stat)
         gate.check_comparable(verdicts, baseline, current)  # before anything is printed
         print(f"baseline {baseline['_path']}")

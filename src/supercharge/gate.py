@@ -346,6 +346,28 @@ def machine_differences(baseline: dict[str, Any], current: dict[str, Any]) -> li
     return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in keys if a.get(k) != b.get(k)]
 
 
+def run_image(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The benchmark photo a run timed (the suite's `supercharge.image` entry), if recorded."""
+    image = (run.get("supercharge") or {}).get("image")
+    return image if isinstance(image, dict) and image.get("sha256") else None
+
+
+def check_same_image(baseline: dict[str, Any], current: dict[str, Any]) -> None:
+    """Raise when the runs timed different photos: preprocessing's cost follows the image size,
+    so every end-to-end ratio moves with it and the comparison says nothing about the code. A
+    run saved before the photo was recorded is not judged (it timed the default photo)."""
+    from supercharge.images import describe_identity
+
+    base, cur = run_image(baseline), run_image(current)
+    if base is None or cur is None or base["sha256"] == cur["sha256"]:
+        return
+    raise SuperchargeError(
+        f"{baseline.get('_path', 'the baseline')} timed {describe_identity(base)} and "
+        f"{current.get('_path', 'the current run')} timed {describe_identity(cur)}: compare "
+        "runs of the same --image"
+    )
+
+
 def run_pace(run: dict[str, Any]) -> Pace | None:
     """The machine's pace a run was saved with (the suite's `supercharge.pace` entry), if any."""
     return Pace.from_dict(((run.get("supercharge") or {}).get("pace")) or None)

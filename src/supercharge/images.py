@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -70,3 +71,24 @@ def _check_levels(p: Path, im: Image.Image) -> None:
             "PIL's convert('RGB'), as timm's loader uses it, reads them as 0..255 levels and "
             "clips the rest; save it as an 8-bit image first"
         )
+
+
+def image_identity(path: Path, image: Image.Image) -> dict[str, Any]:
+    """What a benchmark was fed: its size sets what preprocessing costs, so two runs' timings
+    compare only when their photos do (the gate checks the sha256)."""
+    from supercharge.cache import sha256_file
+
+    return {
+        "name": Path(path).name,
+        "width": image.width,
+        "height": image.height,
+        "sha256": sha256_file(Path(path)),
+    }
+
+
+def describe_identity(identity: dict[str, Any]) -> str:
+    """`coffee.png (600x400, sha256 1a2b3c4d)`: width x height, as image tools print it."""
+    return (
+        f"{identity.get('name')} ({identity.get('width')}x{identity.get('height')}, "
+        f"sha256 {str(identity.get('sha256'))[:8]})"
+    )

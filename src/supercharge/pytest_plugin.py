@@ -25,6 +25,9 @@ _RESULTS = pytest.StashKey["SuiteResults"]()
 _FLOORS = pytest.StashKey[list]()  # floors.SpeedupFloor from [tool.supercharge.speedup_floors]
 _MODEL_REF = pytest.StashKey[Any]()  # models.ModelRef of --model/--weights, resolved once
 _SESSION = pytest.StashKey[pytest.Session]()  # so a report that cannot be written fails the run
+_IMAGE = pytest.StashKey[Path]()  # --image, checked at configure
+# The photo every benchmark batch repeats by default (fixtures/images, sources in its README).
+DEFAULT_BENCHMARK_IMAGE = "coffee.png"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -70,6 +73,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "recorded in machine_info, so a gate names it when two runs differ",
     )
     group.addoption(
+        "--image",
+        default=None,
+        help="the photo every benchmark batch repeats (default: fixtures/images/"
+        f"{DEFAULT_BENCHMARK_IMAGE}, 600x400); its size sets what preprocessing costs, so "
+        "give a frame of your own feed",
+    )
+    group.addoption(
         "--report-dir",
         default=None,
         help="where the speed and accuracy report goes (default: <rootdir>/reports)",
@@ -105,6 +115,15 @@ def pytest_configure(config: pytest.Config) -> None:
             check_model_name(config.getoption("--model"))
         pyproject = _pyproject(config)
         config.stash[_FLOORS] = load_floors(pyproject) if pyproject else []
+        if config.getoption("--image"):  # one line before anything runs, not a failed case
+            from supercharge.images import load_image
+
+            image = config.invocation_params.dir / config.getoption("--image")
+            try:
+                load_image(image)
+            except SuperchargeError as exc:
+                raise SuperchargeError(f"--image: {exc}") from None
+            config.stash[_IMAGE] = image
     except SuperchargeError as exc:
         raise pytest.UsageError(str(exc)) from None
     if config.getoption("--report-dir"):  # the default (<rootdir>/reports): once grid cases run
@@ -399,6 +418,21 @@ def fixture_images(fixture_image_paths):
 
 
 @pytest.fixture(scope="session")
+def benchmark_image(pytestconfig: pytest.Config, suite_results) -> Any:
+    """The decoded photo the grid times (--image), recorded for the report and the gate."""
+    from supercharge.images import image_identity, load_image
+
+    default = pytestconfig.rootpath / "fixtures" / "images" / DEFAULT_BENCHMARK_IMAGE
+    path = pytestconfig.stash.get(_IMAGE, default)
+    try:
+        image = load_image(path)
+    except SuperchargeError as exc:  # the default photo missing outside a checkout
+        _user_error(exc)
+    suite_results.image = image_identity(path, image)
+    return image
+
+
+@pytest.fixture(scope="session")
 def batch_sizes(pytestconfig: pytest.Config) -> tuple[int, ...]:
     """--batch-sizes: every pipeline warms up (and TensorRT builds profiles) for these."""
     from supercharge.cases import parse_batch_sizes
@@ -515,11 +549,17 @@ def _finish_pace(config: pytest.Config) -> Any:
 
 @pytest.hookimpl(optionalhook=True)  # pytest-benchmark absent or disabled: not an error
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_json: dict) -> None:
-    """The machine's pace at both ends of the run, beside (not in) machine_info: pytest-benchmark
-    warns when machine_info differs from a compared run's, and the pace always differs."""
+    """The machine's pace at both ends of the run and the benchmark photo, beside (not in)
+    machine_info: pytest-benchmark warns when machine_info differs from a compared run's, and
+    the pace always differs."""
     pace = _finish_pace(config)
-    if pace is not None:
-        output_json["supercharge"] = {"pace": pace.as_dict()}
+    results = config.stash.get(_RESULTS, None)
+    ours = {
+        "pace": pace.as_dict() if pace is not None else None,
+        "image": results.image if results is not None else None,
+    }
+    if any(v is not None for v in ours.values()):
+        output_json["supercharge"] = {k: v for k, v in ours.items() if v is not None}
 
 
 @pytest.hookimpl(optionalhook=True)

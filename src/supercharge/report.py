@@ -77,6 +77,7 @@ class SuiteResults:
     timings: list[Timing] = field(default_factory=list)
     accuracy: list[dict[str, Any]] = field(default_factory=list)
     pace: Pace | None = None  # the machine's pace at the start and end (supercharge.pace)
+    image: dict[str, Any] | None = None  # the benchmark photo (images.image_identity)
 
     @property
     def empty(self) -> bool:
@@ -357,6 +358,13 @@ def write_report(
             )
         if results.pace is not None:
             table += "\n\n" + pace_markdown(results.pace)
+        if results.image is not None:
+            from supercharge.images import describe_identity
+
+            table = (
+                f"Timed on {describe_identity(results.image)}, repeated to fill each batch.\n\n"
+                + table
+            )
         text_parts.append(f"## Speed ({where})\n\n{table}")
         doc = (
             f"# Speed report\n\n{stamp}, {where}{said}\n\nSpeedup: the case's median against "
@@ -371,6 +379,7 @@ def write_report(
             "rows": rows,
             "floors": [c.as_dict() for c in checks],
             "pace": results.pace.as_dict() if results.pace is not None else None,
+            "image": results.image,
         }
         written.append(_atomic_write(folder / "speed.json", json.dumps(payload, indent=2)))
         chart = bar_chart(rows, folder / "speed.png")
