@@ -40,7 +40,7 @@ def test_predict_prints_top_k_per_image(run_cli, coffee, artifact_cache):
     headers = [
         line
         for line in out.splitlines()
-        if line.endswith("(tf_efficientnet_lite0, torch-cpu, timm):")
+        if line.endswith("(tf_efficientnet_lite0, torch-cpu, timm, fp32):")
     ]
     assert [h.split(" (")[0] for h in headers] == [str(coffee), str(chelsea)]
     rows = _first_block(out)
@@ -74,4 +74,37 @@ def test_predict_tells_tensorrt_the_batch_it_will_run(run_cli, coffee, tmp_path,
             "predict", coffee, coffee, coffee, "--backend", backend, "--artifact-dir", tmp_path
         )
         assert code == 2 and "stop before any session" in err
-    assert seen == [("ort-trt", {"max_batch": 3}), ("ort-cpu", {})]
+    assert seen == [
+        ("ort-trt", {"precision": "fp32", "max_batch": 3}),
+        ("ort-cpu", {"precision": "fp32"}),
+    ]
+
+
+def test_predict_runs_the_int8_model(run_cli, coffee, artifact_cache):
+    code, out, err = run_cli(
+        "predict", coffee, "--backend", "ort-cpu", "--preprocess", "separable",
+        "--precision", "int8", "--artifact-dir", artifact_cache.root,
+    )  # fmt: skip
+    assert code == 0, err
+    assert out.splitlines()[0].endswith("(tf_efficientnet_lite0, ort-cpu, separable, int8):")
+    assert _first_block(out)[0][0] == "espresso"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--backend", "torch-cpu", "--precision", "int8"), "does not run precision 'int8'"),
+        (("--backend", "torch-cpu", "--preprocess", "baked"), "use an ONNX Runtime backend"),
+    ],
+)
+def test_predict_refuses_a_combination_before_loading_anything(
+    run_cli, coffee, monkeypatch, args, message
+):
+    import supercharge.models
+
+    def never(*_):
+        raise AssertionError("the model was loaded for a combination that cannot run")
+
+    monkeypatch.setattr(supercharge.models, "load_bundle", never)
+    code, _, err = run_cli("predict", coffee, *args)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

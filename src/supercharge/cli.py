@@ -54,6 +54,7 @@ def _common() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from supercharge.cases import PRECISIONS
     from supercharge.pipeline import PREPROCESS
     from supercharge.runners import BACKENDS
 
@@ -70,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="timm (PIL reference), numpy, cupy (GPU), baked into the ONNX graph (any size), "
         "separable (baked, one graph per image size), or the blog post's flawed 'seed' graph "
         "(the baked ones need an ort-* backend)",
+    )
+    pr.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32 (default; TF32 off), fp16 and bf16 (torch autocast; TensorRT fp16), int8 "
+        "(ort-cpu: static QDQ calibrated on fixtures/images)",
     )
     pr.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
 
@@ -209,20 +217,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from supercharge.cache import ArtifactCache
     from supercharge.images import load_image
     from supercharge.models import load_bundle
-    from supercharge.pipeline import build_pipeline
+    from supercharge.pipeline import BAKED, build_pipeline
     from supercharge.predict import top_k
-    from supercharge.runners.base import largest_batch_options
+    from supercharge.runners.base import check_combination, largest_batch_options
 
     if args.top < 1:
         raise SuperchargeError(f"--top {args.top}: give a positive number of classes")
+    # a backend that cannot run this precision or graph: said before any model loads
+    check_combination(
+        args.backend, args.precision, args.preprocess if args.preprocess in BAKED else "model"
+    )
     images = [load_image(p) for p in args.images]  # fail on a bad image before loading a model
     bundle = load_bundle(args.model, args.weights)
     cache = ArtifactCache(args.artifact_dir)
     options = largest_batch_options(args.backend, len(images))  # all images in one batch
-    pipeline = build_pipeline(bundle, cache, args.backend, args.preprocess, **options)
+    pipeline = build_pipeline(
+        bundle, cache, args.backend, args.preprocess, precision=args.precision, **options
+    )
     ranked = top_k(pipeline(images), bundle.class_names, args.top)
     for path, preds in zip(args.images, ranked, strict=True):
-        print(f"{path} ({bundle.name}, {pipeline.runner.backend}, {args.preprocess}):")
+        print(
+            f"{path} ({bundle.name}, {pipeline.runner.backend}, {args.preprocess}, "
+            f"{args.precision}):"
+        )
         for pred in preds:
             print(pred)
     return 0
