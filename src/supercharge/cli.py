@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PRECISIONS,
         default="fp32",
         help="fp32 (default; TF32 off), fp16 and bf16 (torch autocast; TensorRT fp16), int8 "
-        "(ort-cpu: static QDQ calibrated on fixtures/images)",
+        "(ort-cpu: static QDQ calibrated on fixtures/calibration)",
     )
     pr.add_argument("--top", type=int, default=5, help="how many classes to print (default 5)")
 
@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="build or reuse the ONNX artifacts",
         description="Build or reuse the fp32 ONNX export, the model with baked and seed "
         "preprocessing merged in front, and the static int8 model (calibrated on "
-        "fixtures/images) with baked preprocessing, and with --image-size the separable graphs "
+        "fixtures/calibration) with baked preprocessing, and with --image-size the separable graphs "
         "for those image sizes; print each path and built|reused.",
     )
     ex.add_argument(
