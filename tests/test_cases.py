@@ -116,6 +116,20 @@ def test_a_bad_benchmark_image_stops_the_run_before_it_starts(
     assert len(lines) == 1 and "--image: image" in lines[0] and message in lines[0]
 
 
+def test_a_bad_calibration_folder_stops_the_run_before_it_starts(pytester_run, tmp_path):
+    result = pytester_run("--calibration", str(tmp_path / "none"), "--collect-only", "perf")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
+    assert len(lines) == 1 and "--calibration: calibration folder" in lines[0]
+
+
+def test_calibrating_on_the_gates_photos_is_warned_about(pytester_run):
+    result = pytester_run("--calibration", "fixtures/images", "--collect-only", "perf")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "int8 is graded on photos it was calibrated on" in result.stdout
+    assert "coffee.png" in result.stdout
+
+
 def test_a_report_dir_that_cannot_be_written_stops_the_run_before_it_starts(pytester_run, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

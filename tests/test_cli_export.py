@@ -44,3 +44,38 @@ def test_export_builds_separable_graphs_for_each_size(run_cli, tmp_path):
     assert logits.shape[0] == 2
     code, out, _ = run_cli(*args)  # a second run reuses them all
     assert code == 0 and "built" not in out and "merged-separable-40x60 reused" in out
+
+
+def test_export_calibrates_int8_on_the_folder_given(run_cli, tmp_path):
+    import json
+    import shutil
+    from pathlib import Path
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "images"
+    own = tmp_path / "own-photos"
+    own.mkdir()
+    for name in ("chelsea.png", "rocket.jpg"):
+        shutil.copy(fixtures / name, own / name)
+    args = ["export", "--model", "test_resnet", "--weights", "random"]
+    code, out, err = run_cli(*args, "--artifact-dir", tmp_path / "artifacts", "--calibration", own)
+    assert code == 0, err
+    path = Path(
+        dict(line.split(": ", 1) for line in out.splitlines() if ": " in line)["int8 built"]
+    )
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    assert manifest["inputs"]["calibration"]["images"] == ["chelsea.png", "rocket.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"), [(None, "does not exist"), ("empty", "no calibration images")]
+)
+def test_a_bad_calibration_folder_stops_export_before_any_work(run_cli, tmp_path, make, message):
+    folder, artifacts = tmp_path / "photos", tmp_path / "artifacts"
+    if make:
+        folder.mkdir()
+    code, out, err = run_cli(
+        "export", "--model", "test_resnet", "--weights", "random", "--artifact-dir", artifacts,
+        "--calibration", folder,
+    )  # fmt: skip
+    assert code == 2 and out == "" and err.count("\n") == 1 and message in err
+    assert not artifacts.exists() or not any(artifacts.iterdir())

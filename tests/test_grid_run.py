@@ -165,3 +165,28 @@ def test_require_gpu_turns_the_skips_into_failures(pytester_run):
     reason = gpu.backend_unavailable_reason("torch-cuda", "timm")
     assert f"--require-gpu: {reason}" in result.stdout
     assert " 4 failed" in result.stdout or "4 errors" in result.stdout, result.stdout[-2000:]
+
+
+def test_int8_cases_and_gates_calibrate_on_the_given_folder(pytester_run, tmp_path):
+    """--calibration reaches every int8 pipeline (timed and gated), and nothing else."""
+    import shutil
+
+    own = tmp_path / "own-photos"
+    own.mkdir()
+    shutil.copy(ROOT / "fixtures" / "calibration" / "retina.jpg", own / "retina.jpg")
+    args = [a if a != "fp32" else "fp32,int8" for a in GRID]
+    result = pytester_run(
+        *TARGETS, *args, "--backends", "torch-cpu,ort-cpu", "--preprocess", "timm,baked",
+        "--batch-sizes", "1", "--calibration", str(own), "--report-dir", str(tmp_path / "r"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    manifests = [
+        json.loads(m.read_text())["inputs"]["calibration"]["images"]
+        for m in (tmp_path / "artifacts" / "onnx-int8").glob("*/manifest.json")
+    ]
+    assert manifests == [["retina.jpg"]]  # one int8 model, calibrated on that folder alone
+    rows = json.loads((tmp_path / "r" / "accuracy.json").read_text())["rows"]
+    assert {r["combo"] for r in rows if r["precision"] == "int8"} == {
+        "ort-cpu-timm-int8",
+        "ort-cpu-baked-int8",
+    }

@@ -98,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave out the int8 artifacts (calibration takes a few seconds per model)",
     )
     ex.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of photos to calibrate int8 on (default: fixtures/calibration, held out "
+        "from the photos the accuracy gates judge); pytest takes the same --calibration",
+    )
+    ex.add_argument(
         "--image-size",
         action="append",
         default=[],
@@ -272,6 +280,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     # before any work; a size given twice is built and listed once
     sizes = list(dict.fromkeys(parse_image_size(text) for text in args.image_size))
+    if args.calibration is not None and "int8" not in args.skip:
+        from supercharge.runners.quantize import calibration_paths
+
+        calibration_paths(args.calibration)  # a missing or empty folder: before any export
     start = time.perf_counter()
     cache = ArtifactCache(args.artifact_dir)
     ref = resolve_model(args.model, args.weights)
@@ -283,7 +295,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         for h, w in sizes
     ]
     if "int8" not in args.skip:
-        int8 = quantized_model(ref, cache)
+        int8 = quantized_model(ref, cache, calibration=args.calibration)
         built += [
             ("int8", int8),
             ("int8-merged-baked", merged_model(ref, cache, onnx_artifact=int8)),

@@ -26,6 +26,7 @@ _FLOORS = pytest.StashKey[list]()  # floors.SpeedupFloor from [tool.supercharge.
 _MODEL_REF = pytest.StashKey[Any]()  # models.ModelRef of --model/--weights, resolved once
 _SESSION = pytest.StashKey[pytest.Session]()  # so a report that cannot be written fails the run
 _IMAGE = pytest.StashKey[Path]()  # --image, checked at configure
+_CALIBRATION = pytest.StashKey[Path]()  # --calibration, checked at configure
 # The photo every benchmark batch repeats by default (fixtures/images, sources in its README).
 DEFAULT_BENCHMARK_IMAGE = "coffee.png"
 
@@ -80,6 +81,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "give a frame of your own feed",
     )
     group.addoption(
+        "--calibration",
+        default=None,
+        help="folder of photos the int8 models are calibrated on (default: fixtures/"
+        "calibration, held out from the photos the accuracy gates judge); give photos of your "
+        "own data",
+    )
+    group.addoption(
         "--report-dir",
         default=None,
         help="where the speed and accuracy report goes (default: <rootdir>/reports)",
@@ -124,6 +132,8 @@ def pytest_configure(config: pytest.Config) -> None:
             except SuperchargeError as exc:
                 raise SuperchargeError(f"--image: {exc}") from None
             config.stash[_IMAGE] = image
+        if config.getoption("--calibration"):
+            config.stash[_CALIBRATION] = _check_calibration(config)
     except SuperchargeError as exc:
         raise pytest.UsageError(str(exc)) from None
     if config.getoption("--report-dir"):  # the default (<rootdir>/reports): once grid cases run
@@ -150,6 +160,35 @@ def pytest_configure(config: pytest.Config) -> None:
             config.issue_config_time_warning(
                 pytest.PytestConfigWarning(f"--malloc hold not applied: {reason}"), stacklevel=2
             )
+
+
+def _check_calibration(config: pytest.Config) -> Path:
+    """--calibration: a folder of readable photos, or a one-line error before anything runs;
+    a warning where it holds a photo the accuracy gates judge (int8 graded in-sample)."""
+    from supercharge.cache import sha256_file
+    from supercharge.images import load_image
+    from supercharge.runners.quantize import calibration_paths
+
+    folder = config.invocation_params.dir / config.getoption("--calibration")
+    try:
+        paths = calibration_paths(folder)
+        for path in paths:
+            load_image(path)
+    except SuperchargeError as exc:
+        raise SuperchargeError(f"--calibration: {exc}") from None
+    gate_photos = config.rootpath / "fixtures" / "images"
+    judged = {sha256_file(p) for p in gate_photos.iterdir()} if gate_photos.is_dir() else set()
+    shared = sorted(p.name for p in paths if sha256_file(p) in judged)
+    if shared:
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                f"--calibration {folder} holds photos the accuracy gates judge int8 on "
+                f"({', '.join(shared)}): int8 is graded on photos it was calibrated on, which "
+                "flatters it; calibrate on others"
+            ),
+            stacklevel=2,
+        )
+    return folder
 
 
 def _check_one_process_and_one_clock(config: pytest.Config) -> None:
@@ -482,6 +521,8 @@ def pipeline_for(
             options = grid_options(
                 combo.backend, combo.preprocess, len(fixture_image_paths), cuda_graph
             )
+            if combo.precision == "int8" and _CALIBRATION in pytestconfig.stash:
+                options["calibration"] = pytestconfig.stash[_CALIBRATION]
             try:
                 store[combo] = build_pipeline(
                     model_bundle,
