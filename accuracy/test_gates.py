@@ -1,11 +1,12 @@
-"""Accuracy gates: every combination of the grid gives PyTorch's answers on every fixture photo.
+"""Accuracy gates: every combination of the grid gives PyTorch's answers on every gate photo.
 
 The golden reference is timm's eval transform (PIL) + PyTorch CPU fp32 (TF32 off), computed once
 per session, one image at a time. Each combination (backend x preprocessing x precision, filtered
 by --backends/--preprocess/--precisions; GPU ones skip with the reason, or fail under
---require-gpu) runs every fixture image on its own and all of them in one batch; every
-(image, run) is judged by supercharge.agreement against the tolerances in pyproject.toml
-[tool.supercharge.tolerances] and becomes a row of the session's accuracy report.
+--require-gpu) runs every gate photo (--gate-images, default fixtures/images) on its own and
+all of them in one batch; every (image, run) is judged by supercharge.agreement against the
+tolerances in pyproject.toml [tool.supercharge.tolerances] and becomes a row of the session's
+accuracy report.
 
 The `seed` preprocessing (the blog's) is in the grid to show what it gets wrong: it is expected
 to fail, so its test asserts that the gates catch it; it is reported, never a red job.
@@ -29,11 +30,11 @@ _RAN_KEYS = ("device", "providers", "precision")
 
 
 @pytest.fixture(scope="session")
-def golden(model_bundle, artifact_cache, fixture_images) -> dict[str, np.ndarray]:
-    """Reference logits per fixture image: timm's PIL eval transform + torch-cpu fp32."""
+def golden(model_bundle, artifact_cache, gate_images) -> dict[str, np.ndarray]:
+    """Reference logits per gate photo: timm's PIL eval transform + torch-cpu fp32."""
     runner = create_runner("torch-cpu", model_bundle, artifact_cache, precision="fp32")
     preprocess = TimmPreprocess(model_bundle.data_config)
-    return {name: runner.run(preprocess([image]))[0] for name, image in fixture_images.items()}
+    return {name: runner.run(preprocess([image]))[0] for name, image in gate_images.items()}
 
 
 @pytest.fixture(scope="session")
@@ -46,17 +47,17 @@ def tolerance_table(pytestconfig):
 
 
 def test_gates(
-    grid_combo, model_bundle, fixture_images, pipeline_for, golden, tolerance_table, suite_results
+    grid_combo, model_bundle, gate_images, pipeline_for, golden, tolerance_table, suite_results
 ):
     """Top-1, top-5 overlap, cosine and probability errors within the precision's tolerances,
-    on each fixture image alone and in one batch of all of them."""
+    on each gate photo alone and in one batch of all of them."""
     try:
         tolerances = tolerance_table.get(grid_combo.precision, grid_combo.preprocess)
     except SuperchargeError as exc:
         pytest.fail(str(exc), pytrace=False)
     combo = grid_combo
     pipeline = pipeline_for(combo)
-    names, images = list(fixture_images), list(fixture_images.values())
+    names, images = list(gate_images), list(gate_images.values())
     runs = [(name, "single", pipeline([image])) for name, image in zip(names, images, strict=True)]
     batch = pipeline(images)
     assert batch.shape[0] == len(images), (

@@ -123,11 +123,25 @@ def test_a_bad_calibration_folder_stops_the_run_before_it_starts(pytester_run, t
     assert len(lines) == 1 and "--calibration: calibration folder" in lines[0]
 
 
-def test_calibrating_on_the_gates_photos_is_warned_about(pytester_run):
+def test_calibrating_on_the_gates_photos_is_warned_about(pytester_run, tmp_path):
     result = pytester_run("--calibration", "fixtures/images", "--collect-only", "perf")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "int8 is graded on photos it was calibrated on" in result.stdout
     assert "coffee.png" in result.stdout
+    # judged against the gates' photos in use: --gate-images elsewhere, no overlap, no warning
+    elsewhere = pytester_run(
+        "--calibration", "fixtures/images", "--gate-images", "fixtures/calibration",
+        "--collect-only", "perf",
+    )  # fmt: skip
+    assert elsewhere.returncode == 0 and "calibrated on" not in elsewhere.stdout
+
+
+def test_a_bad_gate_images_folder_stops_the_run_before_it_starts(pytester_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = pytester_run("--gate-images", str(tmp_path / "empty"), "--collect-only", "accuracy")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
+    assert len(lines) == 1 and "--gate-images: no gate images in" in lines[0]
 
 
 def test_a_report_dir_that_cannot_be_written_stops_the_run_before_it_starts(pytester_run, tmp_path):

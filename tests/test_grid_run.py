@@ -167,19 +167,25 @@ def test_require_gpu_turns_the_skips_into_failures(pytester_run):
     assert " 4 failed" in result.stdout or "4 errors" in result.stdout, result.stdout[-2000:]
 
 
-def test_int8_cases_and_gates_calibrate_on_the_given_folder(pytester_run, tmp_path):
-    """--calibration reaches every int8 pipeline (timed and gated), and nothing else."""
+def test_int8_calibration_and_the_gates_photos_come_from_the_folders_given(pytester_run, tmp_path):
+    """--calibration reaches every int8 pipeline (timed and gated); --gate-images is what every
+    gate judges, alone and as one batch."""
     import shutil
 
-    own = tmp_path / "own-photos"
+    own, gate = tmp_path / "own-photos", tmp_path / "held-out"
     own.mkdir()
+    gate.mkdir()
     shutil.copy(ROOT / "fixtures" / "calibration" / "retina.jpg", own / "retina.jpg")
+    for name in ("chelsea.png", "rocket.jpg"):
+        shutil.copy(ROOT / "fixtures" / "images" / name, gate / name)
     args = [a if a != "fp32" else "fp32,int8" for a in GRID]
     result = pytester_run(
         *TARGETS, *args, "--backends", "torch-cpu,ort-cpu", "--preprocess", "timm,baked",
-        "--batch-sizes", "1", "--calibration", str(own), "--report-dir", str(tmp_path / "r"),
+        "--batch-sizes", "1", "--calibration", str(own), "--gate-images", str(gate),
+        "--report-dir", str(tmp_path / "r"),
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "graded on photos it was calibrated on" not in result.stdout
     manifests = [
         json.loads(m.read_text())["inputs"]["calibration"]["images"]
         for m in (tmp_path / "artifacts" / "onnx-int8").glob("*/manifest.json")
@@ -190,3 +196,5 @@ def test_int8_cases_and_gates_calibrate_on_the_given_folder(pytester_run, tmp_pa
         "ort-cpu-timm-int8",
         "ort-cpu-baked-int8",
     }
+    assert {r["image"] for r in rows} == {"chelsea.png", "rocket.jpg"}
+    assert {r["mode"] for r in rows} == {"single", "batch of 2"}

@@ -11,6 +11,22 @@ from PIL import Image, UnidentifiedImageError
 
 from supercharge.errors import ImageReadError
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def image_files(folder: str | Path, what: str) -> list[Path]:
+    """The images directly in `folder` (by suffix), sorted; `what` names the folder's role in
+    the one-line error when it is missing or holds none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ImageReadError(f"{what} folder {folder} does not exist: give a folder of photos")
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ImageReadError(
+            f"no {what} images in {folder}: give at least one photo ({', '.join(IMAGE_SUFFIXES)})"
+        )
+    return paths
+
 
 def load_image(path: str | Path) -> Image.Image:
     """Decode `path` fully (so truncation is caught here, not mid-benchmark) and return RGB.

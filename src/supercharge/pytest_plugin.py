@@ -27,6 +27,7 @@ _MODEL_REF = pytest.StashKey[Any]()  # models.ModelRef of --model/--weights, res
 _SESSION = pytest.StashKey[pytest.Session]()  # so a report that cannot be written fails the run
 _IMAGE = pytest.StashKey[Path]()  # --image, checked at configure
 _CALIBRATION = pytest.StashKey[Path]()  # --calibration, checked at configure
+_GATE_IMAGES = pytest.StashKey[list]()  # --gate-images' files, checked at configure
 # The photo every benchmark batch repeats by default (fixtures/images, sources in its README).
 DEFAULT_BENCHMARK_IMAGE = "coffee.png"
 
@@ -88,6 +89,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "own data",
     )
     group.addoption(
+        "--gate-images",
+        default=None,
+        help="folder of photos the accuracy gates judge every pipeline on (default: "
+        "fixtures/images); give held-out photos of your own data",
+    )
+    group.addoption(
         "--report-dir",
         default=None,
         help="where the speed and accuracy report goes (default: <rootdir>/reports)",
@@ -132,6 +139,8 @@ def pytest_configure(config: pytest.Config) -> None:
             except SuperchargeError as exc:
                 raise SuperchargeError(f"--image: {exc}") from None
             config.stash[_IMAGE] = image
+        if config.getoption("--gate-images"):
+            config.stash[_GATE_IMAGES] = _readable_images(config, "--gate-images", "gate")
         if config.getoption("--calibration"):
             config.stash[_CALIBRATION] = _check_calibration(config)
     except SuperchargeError as exc:
@@ -162,22 +171,38 @@ def pytest_configure(config: pytest.Config) -> None:
             )
 
 
+def _readable_images(config: pytest.Config, option: str, what: str) -> list[Path]:
+    """The images in the folder `option` names, each decoded once: a one-line error naming the
+    option before anything runs, not a failure in every test that reads them."""
+    from supercharge.images import image_files, load_image
+
+    try:
+        paths = image_files(config.invocation_params.dir / config.getoption(option), what)
+        for path in paths:
+            load_image(path)
+    except SuperchargeError as exc:
+        raise SuperchargeError(f"{option}: {exc}") from None
+    return paths
+
+
+def _default_gate_images(config: pytest.Config) -> list[Path]:
+    from supercharge.images import image_files
+
+    try:
+        return image_files(config.rootpath / "fixtures" / "images", "fixture")
+    except SuperchargeError:
+        return []
+
+
 def _check_calibration(config: pytest.Config) -> Path:
     """--calibration: a folder of readable photos, or a one-line error before anything runs;
     a warning where it holds a photo the accuracy gates judge (int8 graded in-sample)."""
     from supercharge.cache import sha256_file
-    from supercharge.images import load_image
-    from supercharge.runners.quantize import calibration_paths
 
-    folder = config.invocation_params.dir / config.getoption("--calibration")
-    try:
-        paths = calibration_paths(folder)
-        for path in paths:
-            load_image(path)
-    except SuperchargeError as exc:
-        raise SuperchargeError(f"--calibration: {exc}") from None
-    gate_photos = config.rootpath / "fixtures" / "images"
-    judged = {sha256_file(p) for p in gate_photos.iterdir()} if gate_photos.is_dir() else set()
+    paths = _readable_images(config, "--calibration", "calibration")
+    folder = paths[0].parent
+    gates = config.stash.get(_GATE_IMAGES, None) or _default_gate_images(config)
+    judged = {sha256_file(p) for p in gates}
     shared = sorted(p.name for p in paths if sha256_file(p) in judged)
     if shared:
         config.issue_config_time_warning(
@@ -436,11 +461,9 @@ def onnx_model(model_bundle, artifact_cache):
 @pytest.fixture(scope="session")
 def fixture_image_paths(pytestconfig: pytest.Config) -> list[Path]:
     """The photos in fixtures/images (sources and licenses in fixtures/README.md)."""
-    folder = pytestconfig.rootpath / "fixtures" / "images"
-    paths = []
-    if folder.is_dir():
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    paths = _default_gate_images(pytestconfig)
     if not paths:
+        folder = pytestconfig.rootpath / "fixtures" / "images"
         pytest.fail(f"no fixture images in {folder}: run from the repository root", pytrace=False)
     return paths
 
@@ -453,6 +476,23 @@ def fixture_images(fixture_image_paths):
     try:
         return {p.name: load_image(p) for p in fixture_image_paths}
     except SuperchargeError as exc:  # a broken fixture photo: one line naming it
+        _user_error(exc)
+
+
+@pytest.fixture(scope="session")
+def gate_image_paths(pytestconfig: pytest.Config, fixture_image_paths) -> list[Path]:
+    """The photos the accuracy gates judge on: --gate-images, else the fixture photos."""
+    return pytestconfig.stash.get(_GATE_IMAGES, None) or fixture_image_paths
+
+
+@pytest.fixture(scope="session")
+def gate_images(gate_image_paths) -> dict[str, Any]:
+    """Decoded RGB PIL images of the gate photos, by file name."""
+    from supercharge.images import load_image
+
+    try:
+        return {p.name: load_image(p) for p in gate_image_paths}
+    except SuperchargeError as exc:
         _user_error(exc)
 
 
@@ -488,7 +528,7 @@ def pipeline_for(
     model_bundle,
     artifact_cache,
     batch_sizes,
-    fixture_image_paths,
+    gate_image_paths,
     suite_results,
 ) -> Callable[[Any], Any]:
     """combo -> prepared Pipeline. Only the latest one is kept, besides the baselines (one per
@@ -497,7 +537,7 @@ def pipeline_for(
     taken here, before the first case and before each new pipeline (supercharge.pace; the end
     is taken at session end).
     A backend that must know its largest batch up front (TensorRT's profile: `max_batch`) is
-    told the accuracy gates' batch of every fixture image too. With --cuda-graph, ort-cuda on
+    told the accuracy gates' batch of every gate photo too. With --cuda-graph, ort-cuda on
     the plain model graph captures and replays CUDA graphs (runners.ort_cuda)."""
     from supercharge.errors import memory_error, out_of_memory
     from supercharge.pace import Pace, measure
@@ -519,7 +559,7 @@ def pipeline_for(
                 # between cases, with the last case's sessions gone: a mid-run phase shows
                 suite_results.pace = suite_results.pace.with_probe(measure())
             options = grid_options(
-                combo.backend, combo.preprocess, len(fixture_image_paths), cuda_graph
+                combo.backend, combo.preprocess, len(gate_image_paths), cuda_graph
             )
             if combo.precision == "int8" and _CALIBRATION in pytestconfig.stash:
                 options["calibration"] = pytestconfig.stash[_CALIBRATION]

@@ -42,7 +42,6 @@ DATA_FILE = MODEL_FILE + ".data"
 # The default calibration photos: held out from fixtures/images, which the accuracy gates judge
 # int8 on (calibrating on those would grade the int8 model on the photos it was fitted to).
 CALIBRATION_IMAGES = Path(__file__).resolve().parents[3] / "fixtures" / "calibration"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 Calibration = str | Path | Sequence[str | Path] | None
 
@@ -97,15 +96,10 @@ def calibration_paths(calibration: Calibration = None) -> list[Path]:
             )
         calibration = CALIBRATION_IMAGES
     if isinstance(calibration, str | Path):
-        folder = Path(calibration)
-        if not folder.is_dir():
-            raise SuperchargeError(
-                f"calibration folder {folder} does not exist: pass a folder of photos or a list "
-                "of image files"
-            )
-        paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    else:
-        paths = [Path(p) for p in calibration]
+        from supercharge.images import image_files
+
+        return image_files(calibration, "calibration")
+    paths = [Path(p) for p in calibration]
     if not paths:
         raise SuperchargeError(
             f"no calibration images in {calibration}: give at least one photo (.png/.jpg)"
