@@ -47,7 +47,14 @@ def tolerance_table(pytestconfig):
 
 
 def test_gates(
-    grid_combo, model_bundle, gate_images, pipeline_for, golden, tolerance_table, suite_results
+    grid_combo,
+    model_bundle,
+    gate_images,
+    calibration_folder,
+    pipeline_for,
+    golden,
+    tolerance_table,
+    suite_results,
 ):
     """Top-1, top-5 overlap, cosine and probability errors within the precision's tolerances,
     on each gate photo alone and in one batch of all of them."""
@@ -67,6 +74,8 @@ def test_gates(
 
     described = pipeline.runner.describe()
     ran = {k: described[k] for k in _RAN_KEYS if k in described}
+    if grid_combo.precision == "int8":  # the report says what int8 was calibrated on
+        ran["calibration"] = str(calibration_folder)
     rows = [
         agreement_row(
             reference=golden[name],

@@ -385,3 +385,13 @@ def test_random_weights_still_fail_top5_swaps_with_distant_classes():
     (check,) = [c for c in judge(m, int8, relative_only=True).checks if c.name == "top5_overlap"]
     assert not check.passed and check.tolerance == ">= 4"
     json.dumps(m.as_dict(), allow_nan=False)
+
+
+def test_accuracy_markdown_names_the_photos_judged_and_the_int8_calibration():
+    """--gate-images and --calibration change what a table means: it says which were used."""
+    rows = [_row(REF.copy(), image="a.png"), _row(REF.copy(), image="b.jpg", mode="batch of 2")]
+    rows.append({**rows[0], "combo": "ort-cpu-timm-int8", "ran": {"calibration": "/data/calib"}})
+    text = accuracy_markdown(rows)
+    assert "on each of 2 photos (a.png, b.jpg) alone and all in one batch" in text
+    assert "int8 calibrated on /data/calib." in text
+    assert "calibrated" not in accuracy_markdown(rows[:2])

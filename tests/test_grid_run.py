@@ -198,3 +198,5 @@ def test_int8_calibration_and_the_gates_photos_come_from_the_folders_given(pytes
     }
     assert {r["image"] for r in rows} == {"chelsea.png", "rocket.jpg"}
     assert {r["mode"] for r in rows} == {"single", "batch of 2"}
+    report = (tmp_path / "r" / "accuracy.md").read_text()
+    assert f"int8 calibrated on {own}." in report and "(chelsea.png, rocket.jpg)" in report

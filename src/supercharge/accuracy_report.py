@@ -136,11 +136,16 @@ def accuracy_markdown(rows: Iterable[Mapping[str, Any]]) -> str:
         if first["judged_by"] == "relative"
         else "absolute and relative metrics"
     )
+    photos = sorted({r["image"] for r in rows})
+    calibrated = sorted(
+        {r["ran"]["calibration"] for r in rows if "calibration" in r.get("ran", {})}
+    )
+    int8 = f" int8 calibrated on {', '.join(calibrated)}." if calibrated else ""
     out = [
-        f"{model}{weights} against PyTorch CPU fp32 + timm preprocessing, on every fixture "
-        f"image one at a time and all in one batch; judged by {mode}. "
-        "dp: softmax probability error; dlogit/std: logit error over the reference logits' std "
-        "(gated for random weights only).",
+        f"{model}{weights} against PyTorch CPU fp32 + timm preprocessing, on each of "
+        f"{len(photos)} photos ({', '.join(photos)}) alone and all in one batch; judged by "
+        f"{mode}.{int8} dp: softmax probability error; dlogit/std: logit error over the "
+        "reference logits' std (gated for random weights only).",
         "",
         *lines,
         "",

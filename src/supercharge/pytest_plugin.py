@@ -497,6 +497,14 @@ def gate_images(gate_image_paths) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
+def calibration_folder(pytestconfig: pytest.Config) -> Path:
+    """The folder int8 is calibrated on: --calibration, else fixtures/calibration."""
+    from supercharge.runners.quantize import CALIBRATION_IMAGES
+
+    return pytestconfig.stash.get(_CALIBRATION, CALIBRATION_IMAGES)
+
+
+@pytest.fixture(scope="session")
 def benchmark_image(pytestconfig: pytest.Config, suite_results) -> Any:
     """The decoded photo the grid times (--image), recorded for the report and the gate."""
     from supercharge.images import image_identity, load_image
