@@ -1302,3 +1302,15 @@ def test_engine_cache_dir_is_keyed_by_versions(tmp_path):
         profile,
     )
     assert len({a, b, c}) == 3 and all(p.is_relative_to(tmp_path) for p in (a, b, c))
+
+
+def test_int8_without_its_default_calibration_photos_says_how_to_give_some(
+    tiny, tmp_path, monkeypatch
+):
+    """An installed (non-checkout) package has no fixtures/calibration: one line naming the
+    option, not a FileNotFoundError from deep inside the build."""
+    monkeypatch.setattr(quantize_module, "CALIBRATION_IMAGES", tmp_path / "absent")
+    with pytest.raises(SuperchargeError) as info:
+        quantized_model(tiny, ArtifactCache(tmp_path / "artifacts", log=_quiet))
+    line = _one_line(info.value)
+    assert str(tmp_path / "absent") in line and "--calibration DIR" in line

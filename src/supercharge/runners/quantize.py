@@ -92,7 +92,8 @@ def calibration_paths(calibration: Calibration = None) -> list[Path]:
         if not CALIBRATION_IMAGES.is_dir():
             raise SuperchargeError(
                 f"no default calibration images ({CALIBRATION_IMAGES} is missing outside a source "
-                "checkout): pass calibration=<folder of photos or list of image files>"
+                "checkout): give a folder of photos with --calibration DIR (calibration= in "
+                "Python)"
             )
         calibration = CALIBRATION_IMAGES
     if isinstance(calibration, str | Path):
