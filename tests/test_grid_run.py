@@ -200,3 +200,22 @@ def test_int8_calibration_and_the_gates_photos_come_from_the_folders_given(pytes
     assert {r["mode"] for r in rows} == {"single", "batch of 2"}
     report = (tmp_path / "r" / "accuracy.md").read_text()
     assert f"int8 calibrated on {own}." in report and "(chelsea.png, rocket.jpg)" in report
+
+
+def test_without_the_fixture_photos_each_missing_default_names_its_option(pytester_run, tmp_path):
+    """Outside a source checkout (no fixtures/ under the rootdir) the grid and the gates say
+    which option supplies what is missing, and run once it is given."""
+    root = tmp_path / "elsewhere"
+    root.mkdir()
+    common = [
+        *TARGETS, "--rootdir", str(root), "--model", "test_efficientnet", "--weights", "random",
+        "--backends", "torch-cpu", "--preprocess", "timm", "--precisions", "fp32",
+        "--batch-sizes", "1", "--benchmark-max-time=0.005", "--report-dir", str(tmp_path / "r"),
+    ]  # fmt: skip
+    bare = pytester_run(*common)
+    assert bare.returncode == 1, bare.stdout[-3000:]
+    assert "coffee.png is missing: pass --image PATH" in bare.stdout
+    assert "or give your own photos with --gate-images DIR" in bare.stdout
+    photos = ROOT / "fixtures" / "images"
+    given = pytester_run(*common, "--image", str(photos / IMAGE), "--gate-images", str(photos))
+    assert given.returncode == 0, given.stdout[-3000:] + given.stderr[-2000:]

@@ -464,7 +464,11 @@ def fixture_image_paths(pytestconfig: pytest.Config) -> list[Path]:
     paths = _default_gate_images(pytestconfig)
     if not paths:
         folder = pytestconfig.rootpath / "fixtures" / "images"
-        pytest.fail(f"no fixture images in {folder}: run from the repository root", pytrace=False)
+        pytest.fail(
+            f"no fixture images in {folder}: run from the repository root, or give your own "
+            "photos with --gate-images DIR",
+            pytrace=False,
+        )
     return paths
 
 
@@ -480,9 +484,11 @@ def fixture_images(fixture_image_paths):
 
 
 @pytest.fixture(scope="session")
-def gate_image_paths(pytestconfig: pytest.Config, fixture_image_paths) -> list[Path]:
-    """The photos the accuracy gates judge on: --gate-images, else the fixture photos."""
-    return pytestconfig.stash.get(_GATE_IMAGES, None) or fixture_image_paths
+def gate_image_paths(pytestconfig: pytest.Config, request: pytest.FixtureRequest) -> list[Path]:
+    """The photos the accuracy gates judge on: --gate-images, else the fixture photos (only
+    then needed: an installed package has none)."""
+    chosen = pytestconfig.stash.get(_GATE_IMAGES, None)
+    return chosen or request.getfixturevalue("fixture_image_paths")
 
 
 @pytest.fixture(scope="session")
@@ -511,9 +517,13 @@ def benchmark_image(pytestconfig: pytest.Config, suite_results) -> Any:
 
     default = pytestconfig.rootpath / "fixtures" / "images" / DEFAULT_BENCHMARK_IMAGE
     path = pytestconfig.stash.get(_IMAGE, default)
+    if not path.exists():  # the default photo, outside a source checkout
+        _user_error(
+            SuperchargeError(f"the default benchmark photo {path} is missing: pass --image PATH")
+        )
     try:
         image = load_image(path)
-    except SuperchargeError as exc:  # the default photo missing outside a checkout
+    except SuperchargeError as exc:
         _user_error(exc)
     suite_results.image = image_identity(path, image)
     return image
