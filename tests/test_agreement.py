@@ -395,3 +395,28 @@ def test_accuracy_markdown_names_the_photos_judged_and_the_int8_calibration():
     assert "on each of 2 photos (a.png, b.jpg) alone and all in one batch" in text
     assert "int8 calibrated on /data/calib." in text
     assert "calibrated" not in accuracy_markdown(rows[:2])
+
+
+def test_random_weights_do_not_forgive_losing_the_references_clear_leaders_at_top5():
+    """A near-tie swaps classes on both sides of rank 5: two classes from just below the 5th
+    that push out the reference's 2nd and 3rd (far above the 5th) are no tie."""
+    int8 = load_tolerances(ROOT / "pyproject.toml").get("int8")
+    ref = np.random.default_rng(0).standard_normal(1000)
+    order = np.argsort(-ref)
+    ref[order[:3]] = [5.0, 4.5, 4.0]  # a clear 1st, 2nd and 3rd
+    order = np.argsort(-ref)
+    assert (ref[order[2]] - ref[order[4]]) / ref.std() > 1  # far above the 5th
+    cand = ref.copy()
+    cand[order[1:3]] = ref[order[7]] - 0.01  # the 2nd and 3rd fall out of the top-5
+    m = compare(ref, cand)
+    assert m.top1_equal and m.top5_overlap == 3
+    assert m.cosine > 0.99  # only the top-5 check can catch it
+    (check,) = [c for c in judge(m, int8, relative_only=True).checks if c.name == "top5_overlap"]
+    assert not check.passed, check
+
+
+def test_top5_swap_gaps_of_flat_reference_logits_are_json_numbers():
+    """std(l_ref) == 0 makes every gap inf: as_dict writes null, as for its other metrics."""
+    m = compare(np.zeros(10), np.arange(10.0))
+    assert m.top5_swap_gaps_relative and math.isinf(m.top5_swap_gaps_relative[0])
+    json.dumps(m.as_dict(), allow_nan=False)

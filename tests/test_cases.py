@@ -136,6 +136,15 @@ def test_calibrating_on_the_gates_photos_is_warned_about(pytester_run, tmp_path)
     assert elsewhere.returncode == 0 and "calibrated on" not in elsewhere.stdout
 
 
+def test_gating_on_the_default_calibration_photos_is_warned_about(pytester_run):
+    """int8 calibrates on fixtures/calibration unless --calibration names another: gate photos
+    that include those grade int8 in-sample just the same."""
+    result = pytester_run("--gate-images", "fixtures/calibration", "--collect-only", "perf")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "int8 is graded on photos it was calibrated on" in result.stdout
+    assert "coins.png" in result.stdout
+
+
 def test_a_bad_gate_images_folder_stops_the_run_before_it_starts(pytester_run, tmp_path):
     (tmp_path / "empty").mkdir()
     result = pytester_run("--gate-images", str(tmp_path / "empty"), "--collect-only", "accuracy")

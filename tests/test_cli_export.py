@@ -79,3 +79,25 @@ def test_a_bad_calibration_folder_stops_export_before_any_work(run_cli, tmp_path
     )  # fmt: skip
     assert code == 2 and out == "" and err.count("\n") == 1 and message in err
     assert not artifacts.exists() or not any(artifacts.iterdir())
+
+
+def test_an_unreadable_calibration_photo_stops_export_before_any_work(run_cli, tmp_path):
+    """pytest's --calibration decodes every photo at configure; export must too, not after
+    the fp32 export and the merged graphs are built."""
+    folder, artifacts = tmp_path / "photos", tmp_path / "artifacts"
+    folder.mkdir()
+    (folder / "notes.png").write_bytes(b"not a picture")
+    code, out, err = run_cli(
+        "export", "--model", "test_resnet", "--weights", "random", "--artifact-dir", artifacts,
+        "--calibration", folder,
+    )  # fmt: skip
+    assert code == 2 and err.count("\n") == 1 and "notes.png is not an image" in err
+    assert out == "" and (not artifacts.exists() or not any(artifacts.iterdir()))
+
+
+def test_a_calibration_path_that_is_a_file_is_called_a_file(run_cli, tmp_path):
+    photo = tmp_path / "one.png"
+    photo.write_bytes(b"x")
+    code, _, err = run_cli("export", "--calibration", photo, "--artifact-dir", tmp_path / "a")
+    assert code == 2 and err.count("\n") == 1
+    assert "does not exist" not in err and "is a file" in err, err

@@ -582,19 +582,19 @@ def test_a_slowdown_prints_on_the_side_of_the_limit_it_was_judged(ort_s, status,
     assert v.status == status and f" {shown}  (" in v.line()
 
 
-def _with_image(data, name, sha):
+def _with_image(data, name, sha, width=8, height=6):
     return {
         **data,
-        "supercharge": {"image": {"name": name, "width": 8, "height": 6, "sha256": sha}},
+        "supercharge": {"image": {"name": name, "width": width, "height": height, "sha256": sha}},
     }
 
 
 def test_runs_that_timed_different_photos_are_not_compared(tmp_path, run_cli):
     """Preprocessing's cost follows the photo's size: a comparison across photos says nothing
     about the code, so it is input the gate cannot judge (exit 2), not a regression."""
-    base = _with_image(run(0.040, 0.010), "coffee.png", "a" * 64)
+    base = _with_image(run(0.040, 0.010), "coffee.png", "a" * 64, 600, 400)
     cur = _with_image(run(0.040, 0.010), "frame.jpg", "b" * 64)
-    with pytest.raises(SuperchargeError, match=r"timed coffee\.png \(8x6, sha256 aaaaaaaa\)"):
+    with pytest.raises(SuperchargeError, match=r"timed coffee\.png \(600x400, sha256 aaaaaaaa\)"):
         gate.check_same_image(base, cur)
     gate.check_same_image(base, _with_image(run(0.040, 0.011), "copy.png", "a" * 64))
     gate.check_same_image(base, run(0.040, 0.010))  # saved before photos were recorded
@@ -602,3 +602,15 @@ def test_runs_that_timed_different_photos_are_not_compared(tmp_path, run_cli):
     (tmp_path / "cur.json").write_text(json.dumps(cur))
     code, _, err = run_cli("gate", str(tmp_path / "base.json"), str(tmp_path / "cur.json"))
     assert code == 2 and "compare runs of the same --image" in err and len(err.splitlines()) == 1
+
+
+def test_a_run_without_a_recorded_photo_is_compared_only_with_the_default_photo():
+    """A run saved before photos were recorded timed coffee.png (600x400): set against a run
+    that timed another photo, the comparison says nothing about the code either."""
+    frame = _with_image(run(0.040, 0.010), "frame.jpg", "b" * 64)
+    with pytest.raises(SuperchargeError, match=r"compare runs of the same --image"):
+        gate.check_same_image(run(0.040, 0.010), frame)
+    with pytest.raises(SuperchargeError, match=r"compare runs of the same --image"):
+        gate.check_same_image(frame, run(0.040, 0.010))
+    coffee = _with_image(run(0.040, 0.010), "coffee.png", "c" * 64, 600, 400)
+    gate.check_same_image(run(0.040, 0.010), coffee)

@@ -485,6 +485,42 @@ def test_excluding_the_heads_op_type_still_quantises_inner_outputs_of_that_type(
     ]
 
 
+def test_a_distilled_heads_logits_are_not_quantised_either(tmp_path):
+    """deit/levit/efficientformer distilled heads end in (head(x) + head_dist(x)) / 2, left in
+    float: the Gemms before them are what would round the logits, so those are excluded."""
+    from onnxruntime import quantization
+
+    from supercharge.runners.quantize import output_op_types
+
+    class Distilled(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(16, 32)
+            self.head, self.head_dist = torch.nn.Linear(32, 10), torch.nn.Linear(32, 10)
+
+        def forward(self, x):
+            x = self.body(x)
+            return (self.head(x) + self.head_dist(x)) / 2
+
+    source, out = tmp_path / "distilled.onnx", tmp_path / "distilled-int8.onnx"
+    torch.onnx.export(Distilled().eval(), (torch.randn(1, 16),), source, input_names=["x"],
+                      dynamo=False)  # fmt: skip
+    assert output_op_types(source) == ["Gemm"]
+    batches = iter([{"x": np.ones((1, 16), np.float32) * i} for i in range(3)])
+    quantization.quantize_static(
+        str(source),
+        str(out),
+        type("Reader", (), {"get_next": lambda self: next(batches, None)})(),
+        quant_format=quantization.QuantFormat.QDQ,
+        op_types_to_quantize=QuantSettings().op_types(),
+        extra_options={"OpTypesToExcludeOutputQuantization": output_op_types(source)},
+    )
+    graph = onnx.load(str(out)).graph
+    consumers = {i: m.op_type for m in graph.node for i in m.input}
+    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    assert [consumers[n.output[0]] for n in gemms] == ["QuantizeLinear", "Add", "Add"]
+
+
 @pytest.mark.slow
 def test_int8_keeps_layernorm_in_float_so_a_vit_survives(cache, photos):
     """Quantising LayerNormalization took a ViT's logit cosine to 0.85 (top-1 4/10); kept in

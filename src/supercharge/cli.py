@@ -281,9 +281,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     # before any work; a size given twice is built and listed once
     sizes = list(dict.fromkeys(parse_image_size(text) for text in args.image_size))
     if args.calibration is not None and "int8" not in args.skip:
-        from supercharge.runners.quantize import calibration_paths
+        from supercharge.images import readable_image_files
 
-        calibration_paths(args.calibration)  # a missing or empty folder: before any export
+        # a missing or empty folder, or a photo that does not decode: before any export
+        readable_image_files(args.calibration, "calibration")
     start = time.perf_counter()
     cache = ArtifactCache(args.artifact_dir)
     ref = resolve_model(args.model, args.weights)

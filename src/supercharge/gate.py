@@ -355,15 +355,26 @@ def run_image(run: dict[str, Any]) -> dict[str, Any] | None:
 def check_same_image(baseline: dict[str, Any], current: dict[str, Any]) -> None:
     """Raise when the runs timed different photos: preprocessing's cost follows the image size,
     so every end-to-end ratio moves with it and the comparison says nothing about the code. A
-    run saved before the photo was recorded is not judged (it timed the default photo)."""
-    from supercharge.images import describe_identity
+    run saved before the photo was recorded timed the default photo: it compares only with a
+    run of that photo (by name and size, as its hash was not saved)."""
+    from supercharge.images import DEFAULT_BENCHMARK_IMAGE, describe_identity
 
     base, cur = run_image(baseline), run_image(current)
-    if base is None or cur is None or base["sha256"] == cur["sha256"]:
+    if base is not None and cur is not None:
+        same = base["sha256"] == cur["sha256"]
+    else:
+        recorded = base or cur or DEFAULT_BENCHMARK_IMAGE
+        same = all(recorded.get(k) == v for k, v in DEFAULT_BENCHMARK_IMAGE.items())
+    if same:
         return
+    unrecorded = "the default {name} ({width}x{height}; not recorded)"
+    said = [
+        describe_identity(i) if i else unrecorded.format(**DEFAULT_BENCHMARK_IMAGE)
+        for i in (base, cur)
+    ]
     raise SuperchargeError(
-        f"{baseline.get('_path', 'the baseline')} timed {describe_identity(base)} and "
-        f"{current.get('_path', 'the current run')} timed {describe_identity(cur)}: compare "
+        f"{baseline.get('_path', 'the baseline')} timed {said[0]} and "
+        f"{current.get('_path', 'the current run')} timed {said[1]}: compare "
         "runs of the same --image"
     )
 

@@ -28,11 +28,11 @@ _SESSION = pytest.StashKey[pytest.Session]()  # so a report that cannot be writt
 _IMAGE = pytest.StashKey[Path]()  # --image, checked at configure
 _CALIBRATION = pytest.StashKey[Path]()  # --calibration, checked at configure
 _GATE_IMAGES = pytest.StashKey[list]()  # --gate-images' files, checked at configure
-# The photo every benchmark batch repeats by default (fixtures/images, sources in its README).
-DEFAULT_BENCHMARK_IMAGE = "coffee.png"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    from supercharge.images import DEFAULT_BENCHMARK_IMAGE as DEFAULT_PHOTO
+
     group = parser.getgroup("supercharge")
     group.addoption("--model", default=DEFAULT_MODEL, help="timm model name (default: %(default)s)")
     group.addoption(
@@ -78,8 +78,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--image",
         default=None,
         help="the photo every benchmark batch repeats (default: fixtures/images/"
-        f"{DEFAULT_BENCHMARK_IMAGE}, 600x400); its size sets what preprocessing costs, so "
-        "give a frame of your own feed",
+        "{name}, {width}x{height}); its size sets what preprocessing costs, so give a frame of "
+        "your own feed".format(**DEFAULT_PHOTO),
     )
     group.addoption(
         "--calibration",
@@ -142,7 +142,10 @@ def pytest_configure(config: pytest.Config) -> None:
         if config.getoption("--gate-images"):
             config.stash[_GATE_IMAGES] = _readable_images(config, "--gate-images", "gate")
         if config.getoption("--calibration"):
-            config.stash[_CALIBRATION] = _check_calibration(config)
+            calibration = _readable_images(config, "--calibration", "calibration")
+            config.stash[_CALIBRATION] = calibration[0].parent
+        if config.getoption("--calibration") or config.getoption("--gate-images"):
+            _warn_when_int8_is_judged_in_sample(config)
     except SuperchargeError as exc:
         raise pytest.UsageError(str(exc)) from None
     if config.getoption("--report-dir"):  # the default (<rootdir>/reports): once grid cases run
@@ -174,12 +177,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def _readable_images(config: pytest.Config, option: str, what: str) -> list[Path]:
     """The images in the folder `option` names, each decoded once: a one-line error naming the
     option before anything runs, not a failure in every test that reads them."""
-    from supercharge.images import image_files, load_image
+    from supercharge.images import readable_image_files
 
     try:
-        paths = image_files(config.invocation_params.dir / config.getoption(option), what)
-        for path in paths:
-            load_image(path)
+        paths = readable_image_files(config.invocation_params.dir / config.getoption(option), what)
     except SuperchargeError as exc:
         raise SuperchargeError(f"{option}: {exc}") from None
     return paths
@@ -194,26 +195,31 @@ def _default_gate_images(config: pytest.Config) -> list[Path]:
         return []
 
 
-def _check_calibration(config: pytest.Config) -> Path:
-    """--calibration: a folder of readable photos, or a one-line error before anything runs;
-    a warning where it holds a photo the accuracy gates judge (int8 graded in-sample)."""
+def _warn_when_int8_is_judged_in_sample(config: pytest.Config) -> None:
+    """A warning where the calibration folder in use (--calibration, else fixtures/calibration)
+    holds a photo the accuracy gates in use judge: int8 would be graded in-sample."""
     from supercharge.cache import sha256_file
+    from supercharge.images import image_files
+    from supercharge.runners.quantize import CALIBRATION_IMAGES
 
-    paths = _readable_images(config, "--calibration", "calibration")
-    folder = paths[0].parent
+    folder = config.stash.get(_CALIBRATION, CALIBRATION_IMAGES)
+    try:
+        paths = image_files(folder, "calibration")
+    except SuperchargeError:  # the default folder missing outside a checkout: said at int8 build
+        return
     gates = config.stash.get(_GATE_IMAGES, None) or _default_gate_images(config)
     judged = {sha256_file(p) for p in gates}
     shared = sorted(p.name for p in paths if sha256_file(p) in judged)
     if shared:
+        which = "--calibration" if _CALIBRATION in config.stash else "the default calibration"
         config.issue_config_time_warning(
             pytest.PytestConfigWarning(
-                f"--calibration {folder} holds photos the accuracy gates judge int8 on "
+                f"{which} {folder} holds photos the accuracy gates judge int8 on "
                 f"({', '.join(shared)}): int8 is graded on photos it was calibrated on, which "
-                "flatters it; calibrate on others"
+                "flatters it; keep --calibration and --gate-images apart"
             ),
             stacklevel=2,
         )
-    return folder
 
 
 def _check_one_process_and_one_clock(config: pytest.Config) -> None:
@@ -513,9 +519,10 @@ def calibration_folder(pytestconfig: pytest.Config) -> Path:
 @pytest.fixture(scope="session")
 def benchmark_image(pytestconfig: pytest.Config, suite_results) -> Any:
     """The decoded photo the grid times (--image), recorded for the report and the gate."""
+    from supercharge.images import DEFAULT_BENCHMARK_IMAGE as DEFAULT_PHOTO
     from supercharge.images import image_identity, load_image
 
-    default = pytestconfig.rootpath / "fixtures" / "images" / DEFAULT_BENCHMARK_IMAGE
+    default = pytestconfig.rootpath / "fixtures" / "images" / DEFAULT_PHOTO["name"]
     path = pytestconfig.stash.get(_IMAGE, default)
     if not path.exists():  # the default photo, outside a source checkout
         _user_error(

@@ -36,8 +36,9 @@ from supercharge.export import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, export_onnx
 from supercharge.models import ModelBundle, ModelRef
 
 KIND = "onnx-int8"
-QUANT_REVISION = 3  # bump when this module changes what it builds, so caches rebuild
-# 2: LayerNormalization left in float; 3: logits not quantised (float_outputs)
+QUANT_REVISION = 4  # bump when this module changes what it builds, so caches rebuild
+# 2: LayerNormalization left in float; 3: logits not quantised (float_outputs); 4: nor those
+# of a distilled head, (head + head_dist) / 2
 DATA_FILE = MODEL_FILE + ".data"
 # The default calibration photos: held out from fixtures/images, which the accuracy gates judge
 # int8 on (calibrating on those would grade the int8 model on the photos it was fitted to).
@@ -77,13 +78,27 @@ class QuantSettings:
         return sorted(set(QDQRegistry) - set(self.keep_float))
 
 
-def output_op_types(model_path: Path) -> list[str]:
-    """The op types of the nodes that produce the graph's outputs (the head: Gemm, usually)."""
+def output_op_types(model_path: Path, quantised: Sequence[str] | None = None) -> list[str]:
+    """The op types of the quantised nodes nearest the graph's outputs (the head: Gemm, usually),
+    found back through nodes left in float (a distilled head's `(head + head_dist) / 2`): their
+    outputs are where the logits would be rounded. quantised: QuantSettings().op_types() if None.
+    """
     import onnx
 
+    quantised = set(QuantSettings().op_types() if quantised is None else quantised)
     graph = onnx.load(str(model_path), load_external_data=False).graph
-    outputs = {o.name for o in graph.output}
-    return sorted({n.op_type for n in graph.node if outputs & set(n.output)})
+    producers = {out: n for n in graph.node for out in n.output}
+    pending, seen, found = [o.name for o in graph.output], set(), set()
+    while pending:
+        node = producers.get(pending.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type in quantised:
+            found.add(node.op_type)
+        else:
+            pending.extend(node.input)
+    return sorted(found)
 
 
 def calibration_paths(calibration: Calibration = None) -> list[Path]:
@@ -318,7 +333,11 @@ def quantized_model(
                     extra_options=(
                         # ops of these types quantise their inputs, not their output; an
                         # inner one's output is still quantised as its consumer's input
-                        {"OpTypesToExcludeOutputQuantization": output_op_types(prepared)}
+                        {
+                            "OpTypesToExcludeOutputQuantization": output_op_types(
+                                prepared, settings.op_types()
+                            )
+                        }
                         if settings.float_outputs
                         else {}
                     ),
