@@ -15,7 +15,6 @@ from types import SimpleNamespace
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from supercharge.cache import ArtifactCache
 from supercharge.errors import SuperchargeError
@@ -456,30 +455,64 @@ def test_int8_leaves_the_logits_unquantised_and_the_head_int8(tiny, tmp_path):
     assert last.op_type == "DequantizeLinear"
 
 
-def test_excluding_the_heads_op_type_still_quantises_inner_outputs_of_that_type(tmp_path):
-    """OpTypesToExcludeOutputQuantization names op types, not nodes: an inner Gemm's output
-    keeps its QDQ pair as its consumer's input, so only the logits stay float."""
+def _head_graph(path: Path, distilled: bool) -> Path:
+    """A 16 -> 32 -> 10 MLP of Gemms, as ONNX; `distilled` ends it like deit's distilled head:
+    (head(x) + head_dist(x)) / 2."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights, nodes = [], []
+
+    def gemm(name: str, x: str, k: int, n: int) -> str:
+        weights.append(numpy_helper.from_array(rng.standard_normal((n, k), np.float32), name))
+        nodes.append(helper.make_node("Gemm", [x, name], [f"{name}_out"], transB=1))
+        return f"{name}_out"
+
+    hidden = gemm("body", "x", 16, 32)
+    logits = gemm("head", hidden, 32, 10)
+    if distilled:
+        weights.append(numpy_helper.from_array(np.array(2.0, np.float32), "two"))
+        both = helper.make_node("Add", [logits, gemm("head_dist", hidden, 32, 10)], ["sum"])
+        nodes += [both, helper.make_node("Div", ["sum", "two"], ["logits"])]
+        logits = "logits"
+    graph = helper.make_graph(
+        nodes,
+        "heads",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["n", 10])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+    return path
+
+
+def _consumers_of_gemms_after_quantising(tmp_path: Path, distilled: bool) -> list[str]:
+    """Quantise `_head_graph` as quantized_model does (logits excluded); what each Gemm feeds."""
     from onnxruntime import quantization
 
     from supercharge.runners.quantize import output_op_types
 
-    net = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Linear(32, 10)).eval()
-    source, out = tmp_path / "mlp.onnx", tmp_path / "mlp-int8.onnx"
-    torch.onnx.export(net, (torch.randn(1, 16),), source, input_names=["x"], dynamo=False)
+    source = _head_graph(tmp_path / "heads.onnx", distilled)
     assert output_op_types(source) == ["Gemm"]
     batches = iter([{"x": np.ones((1, 16), np.float32) * i} for i in range(3)])
     quantization.quantize_static(
         str(source),
-        str(out),
+        str(tmp_path / "int8.onnx"),
         type("Reader", (), {"get_next": lambda self: next(batches, None)})(),
         quant_format=quantization.QuantFormat.QDQ,
         op_types_to_quantize=QuantSettings().op_types(),
         extra_options={"OpTypesToExcludeOutputQuantization": output_op_types(source)},
     )
-    graph = onnx.load(str(out)).graph
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
     consumers = {i: m.op_type for m in graph.node for i in m.input}
-    gemms = [n for n in graph.node if n.op_type == "Gemm"]
-    assert [consumers.get(n.output[0], "graph output") for n in gemms] == [
+    return [consumers.get(n.output[0], "graph output") for n in graph.node if n.op_type == "Gemm"]
+
+
+def test_excluding_the_heads_op_type_still_quantises_inner_outputs_of_that_type(tmp_path):
+    """OpTypesToExcludeOutputQuantization names op types, not nodes: an inner Gemm's output
+    keeps its QDQ pair as its consumer's input, so only the logits stay float."""
+    assert _consumers_of_gemms_after_quantising(tmp_path, distilled=False) == [
         "QuantizeLinear",
         "graph output",
     ]
@@ -488,37 +521,11 @@ def test_excluding_the_heads_op_type_still_quantises_inner_outputs_of_that_type(
 def test_a_distilled_heads_logits_are_not_quantised_either(tmp_path):
     """deit/levit/efficientformer distilled heads end in (head(x) + head_dist(x)) / 2, left in
     float: the Gemms before them are what would round the logits, so those are excluded."""
-    from onnxruntime import quantization
-
-    from supercharge.runners.quantize import output_op_types
-
-    class Distilled(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.body = torch.nn.Linear(16, 32)
-            self.head, self.head_dist = torch.nn.Linear(32, 10), torch.nn.Linear(32, 10)
-
-        def forward(self, x):
-            x = self.body(x)
-            return (self.head(x) + self.head_dist(x)) / 2
-
-    source, out = tmp_path / "distilled.onnx", tmp_path / "distilled-int8.onnx"
-    torch.onnx.export(Distilled().eval(), (torch.randn(1, 16),), source, input_names=["x"],
-                      dynamo=False)  # fmt: skip
-    assert output_op_types(source) == ["Gemm"]
-    batches = iter([{"x": np.ones((1, 16), np.float32) * i} for i in range(3)])
-    quantization.quantize_static(
-        str(source),
-        str(out),
-        type("Reader", (), {"get_next": lambda self: next(batches, None)})(),
-        quant_format=quantization.QuantFormat.QDQ,
-        op_types_to_quantize=QuantSettings().op_types(),
-        extra_options={"OpTypesToExcludeOutputQuantization": output_op_types(source)},
-    )
-    graph = onnx.load(str(out)).graph
-    consumers = {i: m.op_type for m in graph.node for i in m.input}
-    gemms = [n for n in graph.node if n.op_type == "Gemm"]
-    assert [consumers[n.output[0]] for n in gemms] == ["QuantizeLinear", "Add", "Add"]
+    assert _consumers_of_gemms_after_quantising(tmp_path, distilled=True) == [
+        "QuantizeLinear",
+        "Add",
+        "Add",
+    ]
 
 
 @pytest.mark.slow
