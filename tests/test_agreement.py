@@ -373,7 +373,7 @@ def test_random_weights_forgive_top5_swaps_with_near_tied_classes():
     assert all(0 < g < 0.08 for g in m.top5_swap_gaps_relative)
     (check,) = [c for c in judge(m, int8, relative_only=True).checks if c.name == "top5_overlap"]
     assert check.passed and "2 swapped within 0.5 std" in check.tolerance
-    # pretrained weights and fp32 stay strict: probabilities there, no margin here
+    # pretrained weights stay strict (probabilities there), fp32 all but (0.025 std < 0.07)
     assert "top5_overlap" in {c.name for c in judge(m, int8).failed}
     fp32 = load_tolerances(ROOT / "pyproject.toml").get("fp32")
     assert "top5_overlap" in {c.name for c in judge(m, fp32, relative_only=True).failed}
@@ -420,3 +420,24 @@ def test_top5_swap_gaps_of_flat_reference_logits_are_json_numbers():
     m = compare(np.zeros(10), np.arange(10.0))
     assert m.top5_swap_gaps_relative and math.isinf(m.top5_swap_gaps_relative[0])
     json.dumps(m.as_dict(), allow_nan=False)
+
+
+def test_random_weights_fp32_forgive_a_rank5_swap_within_the_baked_graphs_error():
+    """fbnetc_100, random weights, baked/separable fp32 on rocket.jpg: class 867 sat 0.00045 std
+    below the reference's 5th (977) and the baked graph's logits differ by at most 0.0011 std
+    (fp32 allows 0.05): the two swapped, top-5 overlap 4 < 5 failed fp32 although every logit
+    was within its tolerance. A swap that close is a near-tie at fp32 too (as at top-1)."""
+    fp32 = load_tolerances(ROOT / "pyproject.toml").get("fp32")
+    ref = np.random.default_rng(0).standard_normal(1000) * 1e-3
+    order = np.argsort(-ref)
+    ref[order[5]] = ref[order[4]] - 0.00045 * ref.std()  # the 6th: a hair below the 5th
+    cand = ref.copy()
+    cand[order[5]] += 0.0011 * ref.std()  # an error well inside max_relative_logit_error
+    m = compare(ref, cand)
+    assert m.top5_overlap == 4 and m.max_relative_logit_error < fp32.max_relative_logit_error
+    verdict = judge(m, fp32, relative_only=True)
+    assert verdict.passed, str(verdict)
+    (check,) = [c for c in verdict.checks if c.name == "top5_overlap"]
+    assert "1 swapped within" in check.tolerance
+    # pretrained weights at fp32 stay strict (no margin on probabilities)
+    assert "top5_overlap" in {c.name for c in judge(m, fp32).failed}

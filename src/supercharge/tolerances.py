@@ -25,7 +25,7 @@ from supercharge.errors import SuperchargeError
 DEFAULT_TOLERANCES: dict[str, dict[str, Any]] = {
     "fp32": {
         "top1_margin": 0.0,
-        "top1_margin_relative": 0.0,
+        "top1_margin_relative": 0.025,
         "min_top5_overlap": 5,
         "min_cosine": 0.9999,
         "max_prob_error": 1e-3,
