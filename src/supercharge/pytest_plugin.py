@@ -12,7 +12,8 @@ Timings and agreement rows collected during the session become the report (super
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -134,10 +135,8 @@ def pytest_configure(config: pytest.Config) -> None:
             from supercharge.images import load_image
 
             image = config.invocation_params.dir / config.getoption("--image")
-            try:
+            with _naming("--image"):
                 load_image(image)
-            except SuperchargeError as exc:
-                raise SuperchargeError(f"--image: {exc}") from None
             config.stash[_IMAGE] = image
         if config.getoption("--gate-images"):
             config.stash[_GATE_IMAGES] = _readable_images(config, "--gate-images", "gate")
@@ -174,16 +173,22 @@ def pytest_configure(config: pytest.Config) -> None:
             )
 
 
+@contextmanager
+def _naming(option: str) -> Iterator[None]:
+    """A SuperchargeError inside, prefixed with the option whose value caused it."""
+    try:
+        yield
+    except SuperchargeError as exc:
+        raise SuperchargeError(f"{option}: {exc}") from None
+
+
 def _readable_images(config: pytest.Config, option: str, what: str) -> list[Path]:
     """The images in the folder `option` names, each decoded once: a one-line error naming the
     option before anything runs, not a failure in every test that reads them."""
     from supercharge.images import readable_image_files
 
-    try:
-        paths = readable_image_files(config.invocation_params.dir / config.getoption(option), what)
-    except SuperchargeError as exc:
-        raise SuperchargeError(f"{option}: {exc}") from None
-    return paths
+    with _naming(option):
+        return readable_image_files(config.invocation_params.dir / config.getoption(option), what)
 
 
 def _default_gate_images(config: pytest.Config) -> list[Path]:
@@ -481,11 +486,16 @@ def fixture_image_paths(pytestconfig: pytest.Config) -> list[Path]:
 @pytest.fixture(scope="session")
 def fixture_images(fixture_image_paths):
     """Decoded RGB PIL images of the fixture photos."""
+    return _decoded(fixture_image_paths)
+
+
+def _decoded(paths: list[Path]) -> dict[str, Any]:
+    """Decoded RGB PIL images by file name; a broken photo fails with one line naming it."""
     from supercharge.images import load_image
 
     try:
-        return {p.name: load_image(p) for p in fixture_image_paths}
-    except SuperchargeError as exc:  # a broken fixture photo: one line naming it
+        return {p.name: load_image(p) for p in paths}
+    except SuperchargeError as exc:
         _user_error(exc)
 
 
@@ -500,12 +510,7 @@ def gate_image_paths(pytestconfig: pytest.Config, request: pytest.FixtureRequest
 @pytest.fixture(scope="session")
 def gate_images(gate_image_paths) -> dict[str, Any]:
     """Decoded RGB PIL images of the gate photos, by file name."""
-    from supercharge.images import load_image
-
-    try:
-        return {p.name: load_image(p) for p in gate_image_paths}
-    except SuperchargeError as exc:
-        _user_error(exc)
+    return _decoded(gate_image_paths)
 
 
 @pytest.fixture(scope="session")
