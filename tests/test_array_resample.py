@@ -77,6 +77,23 @@ def test_weights_for_kept_rows_are_those_rows_of_the_full_matrix(interpolation):
         pil_resample.weights(40, 300, interpolation, (290, 310))
 
 
+@pytest.mark.parametrize("n_in", [2, 32, 224, 256, 333, 640])
+@pytest.mark.parametrize("n_out", [7, 40, 48, 300])
+def test_nearest_weights_pick_pillows_pixels(n_in, n_out):
+    """Pillow's NEAREST source pixels, on both axes: a running sum of scale, not
+    floor((i + 0.5) * scale) (224 -> 48 differs at i = 13, 34, 37, 40, 43, 46)."""
+    from PIL import Image
+
+    line = np.arange(n_in) % 256
+    rows = Image.fromarray(np.repeat(line.astype(np.uint8)[None, :, None], 3, axis=2))
+    cols = Image.fromarray(np.repeat(line.astype(np.uint8)[:, None, None], 3, axis=2))
+    want_w = np.asarray(rows.resize((n_out, 1), Image.Resampling.NEAREST))[0, :, 0]
+    want_h = np.asarray(cols.resize((1, n_out), Image.Resampling.NEAREST))[:, 0, 0]
+    picked = pil_resample.weights(n_in, n_out, "nearest").argmax(axis=1) % 256
+    np.testing.assert_array_equal(picked, want_w)
+    np.testing.assert_array_equal(picked, want_h)
+
+
 def test_a_thin_strip_is_resized_without_the_full_weight_matrix():
     """1 x 5000 px resized to a 256 short side is 256 x 1.28 M before the crop: its full weight
     matrix would be 51 GB. Only the 224 kept columns' weights are built."""

@@ -231,15 +231,20 @@ def test_graph_input_is_dynamic_uint8_nhwc_and_output_is_model_input():
 
 
 def test_nearest_picks_the_same_pixels_as_pillow():
-    """Pillow NEAREST takes floor((i + 0.5) * in / out): half_pixel + round_prefer_ceil."""
+    """Pillow NEAREST steps a running double sum, scale / 2 + i * scale added one scale at a
+    time: where (i + 0.5) * scale is a whole number (224 -> 48 at i = 13, 34, ...) the sum can
+    drift just below it and take the pixel before. Baked and separable graph pick Pillow's."""
     spec = PreprocessSpec((48, 40), "nearest", 1.0, "squash", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     sess = session(build_preprocess_model(spec))
     rng = np.random.default_rng(0)
-    for h, w in [(100, 37), (7, 300), (48, 41), (33, 17), (427, 640), (96, 80)]:
+    sizes = [(100, 37), (7, 300), (48, 41), (33, 17), (427, 640), (96, 80)]
+    for h, w in [*sizes, (224, 224), (256, 320), (32, 16), (2, 640)]:
         x = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         want = np.asarray(Image.fromarray(x).resize((40, 48), Image.NEAREST))
-        got = sess.run([OUTPUT_NAME], {INPUT_NAME: x[None]})[0][0].transpose(1, 2, 0) * 255
-        np.testing.assert_array_equal(np.rint(got), want, err_msg=f"{h}x{w}")
+        separable = session(build_separable_model(spec, h, w))
+        for graph in (sess, separable):
+            got = graph.run([OUTPUT_NAME], {INPUT_NAME: x[None]})[0][0].transpose(1, 2, 0) * 255
+            np.testing.assert_array_equal(np.rint(got), want, err_msg=f"{h}x{w}")
 
 
 @pytest.mark.parametrize("interpolation", ["lanczos", "box", "hamming"])

@@ -20,7 +20,6 @@ from supercharge.preprocess.onnx_graph import (
     BAND,
     INPUT_NAME,
     OUTPUT_NAME,
-    RESIZE_NODE,
     SPATIAL,
     Graph,
     check_opset,
@@ -33,11 +32,6 @@ from supercharge.preprocess.onnx_graph import (
 from supercharge.preprocess.spec import PreprocessSpec
 
 BAKED_FILTERS = ("bicubic", "bilinear", "nearest")  # what the any-size graph computes
-
-# Pillow's NEAREST takes source pixel floor((i + 0.5) * in / out); Resize's half_pixel gives
-# (i + 0.5) * in / out - 0.5, so rounding that half up ("round_prefer_ceil") picks the same
-# pixel (checked against Pillow in the tests). No arithmetic, nothing to round: one Resize.
-NEAREST_ATTRS: dict[str, Any] = {"mode": "nearest", "nearest_mode": "round_prefer_ceil"}
 
 
 def _may_pad(spec: PreprocessSpec) -> bool:
@@ -268,6 +262,33 @@ def _banded_pass(g: Graph, x: str, operands: _PassOperands) -> str:
     return round_clip(g, y)
 
 
+def _nearest_pixels(g: Graph, hw: str, sizes: str, window: tuple[str, str]) -> str:
+    """Pillow's NEAREST resize of the uint8 NHWC input, crop `window` only, as float NCHW.
+
+    Per axis, the source lines are `pil_resample.nearest_sources` (Pillow's running double sum
+    of the scale, here a CumSum, truncated), gathered from the input. Not a Resize node: its
+    nearest modes compute each source from (i + 0.5) * scale and take the line after Pillow's
+    where that is a whole number and Pillow's sum has drifted below it (224 -> 48 px: 6 rows).
+    """
+    zero, one = g.const(0, np.int64, "zero"), g.const(1, np.int64, "one")
+    first = g.const([0], np.int64, "axis")
+    x = INPUT_NAME
+    per_axis = zip(*(g.split(t, 2) for t in (hw, sizes, *window)), strict=True)
+    for axis, (n_in, n_out, begin, end) in enumerate(per_axis, start=1):
+        scale = g.op(
+            "Div",
+            g.op("Cast", n_in, to=TensorProto.DOUBLE),
+            g.op("Cast", n_out, to=TensorProto.DOUBLE),
+        )
+        index = g.op("Range", zero, g.op("Squeeze", n_out, first), one)
+        halved = g.op("Mul", scale, g.const([0.5], np.float64, "half"))
+        steps = g.op("Where", g.op("Equal", index, zero), halved, scale)
+        sums = g.op("Floor", g.op("CumSum", steps, first))
+        source = g.op("Min", g.op("Cast", sums, to=TensorProto.INT64), g.op("Sub", n_in, one))
+        x = g.op("Gather", x, g.op("Slice", source, begin, end, first), axis=axis)
+    return to_float(g, x)
+
+
 def _pillow_resize(
     g: Graph, hw: str, sizes: str, window: tuple[str, str], spec: PreprocessSpec
 ) -> str:
@@ -286,23 +307,10 @@ def _pillow_resize(
     Each output row or column of a 1-D pass depends only on its own input line, so cropping the
     first pass's axis before the second pass is exact and spares the second pass the rows or
     columns the center crop throws away; the banded passes go further and compute only the
-    window's outputs in both passes. NEAREST picks pixels (no arithmetic, nothing to round):
-    one 2-D Resize is exact.
+    window's outputs in both passes. NEAREST picks pixels (`_nearest_pixels`).
     """
-    begin, end = window
     if spec.interpolation == "nearest":
-        x = g.op(
-            "Resize",
-            to_float(g, INPUT_NAME),
-            "",
-            "",
-            sizes,
-            name=RESIZE_NODE,
-            axes=[2, 3],
-            coordinate_transformation_mode="half_pixel",
-            **NEAREST_ATTRS,
-        )
-        return g.op("Slice", x, begin, end, g.const([2, 3], np.int64, "axes"))
+        return _nearest_pixels(g, hw, sizes, window)
     lines, operands = _pass_operands(g, hw, sizes, window, spec)
     x = to_float(g, input_window(g, *lines))
 

@@ -23,7 +23,7 @@ from supercharge.preprocess.spec import PreprocessSpec
 VARIANTS = ("baked", "seed", "separable")
 KIND = "onnx-merged"
 DATA_FILE = MODEL_FILE + ".data"
-GRAPH_REVISION = 13  # bump when a *_graph.py changes what it builds, so caches rebuild
+GRAPH_REVISION = 14  # bump when a *_graph.py changes what it builds, so caches rebuild
 # 2: Pillow's two 1-D resize passes, ordered by an If node (branches hold their own constants)
 # 3: NCHW resize, the first pass cropped to the center-crop window before the second
 # 4: separable: banded MatMuls over the crop window only
@@ -37,6 +37,7 @@ GRAPH_REVISION = 13  # bump when a *_graph.py changes what it builds, so caches 
 # 11: revision 9's graphs again (caches built at 10 must not be served)
 # 12: the weights' rounding without a float-to-int Cast (its rounding is unspecified in ONNX)
 # 13: weights of outputs past the image's edge stay finite (their sum may be <= 0)
+# 14: NEAREST picks Pillow's source pixels (a running sum of the scale), not Resize's
 _PREFIX = "pre_"
 _PROTOBUF_LIMIT = 2**31 - 1
 _SMALL_ENOUGH = _PROTOBUF_LIMIT - 64 * 2**20  # headroom for the graph around the weights

@@ -97,11 +97,22 @@ def weights(
     return out
 
 
+def nearest_sources(in_size: int, out_size: int) -> np.ndarray:
+    """int64 [out_size]: the input pixel Pillow's NEAREST copies to each output pixel.
+
+    Pillow (Geometry.c, ImagingScaleAffine) walks a double x = scale / 2, adding scale once per
+    output and truncating: a running sum, not floor((i + 0.5) * scale). The two differ where
+    (i + 0.5) * scale is a whole number and the sum drifts a rounding error below it (224 -> 48
+    at i = 13, 34, 37, 40, 43, 46: the pixel before). np.add.accumulate adds in the same order.
+    """
+    scale = in_size / out_size
+    steps = np.full(out_size, scale)
+    steps[0] = scale * 0.5
+    return np.minimum(np.add.accumulate(steps).astype(np.int64), in_size - 1)
+
+
 def _nearest_matrix(in_size: int, out_size: int, start: int, stop: int) -> np.ndarray:
-    # Pillow's NEAREST (Geometry.c, affine with half-pixel centres): src = floor((i + 0.5) * scale)
-    src = np.minimum(
-        ((np.arange(start, stop) + 0.5) * (in_size / out_size)).astype(np.int64), in_size - 1
-    )
+    src = nearest_sources(in_size, out_size)[start:stop]
     m = np.zeros((stop - start, in_size), dtype=np.float64)
     m[np.arange(stop - start), src] = 1.0
     return m
