@@ -49,6 +49,15 @@ def test_identical_logits_agree_perfectly():
     assert m.reference_top == (0, 1, 2, 3, 4)
 
 
+@pytest.mark.parametrize("classes", [2, 3, 4])
+def test_a_model_of_fewer_than_5_classes_can_pass_the_top5_gate(classes):
+    """A checkpoint fine-tuned to 3 classes loads (its head sets the class count); its
+    identical logits then failed top5_overlap, 3 < 5, on every pipeline."""
+    ref = REF[:classes].copy()
+    verdict = judge(compare(ref, ref.copy()), tolerances())
+    assert verdict.passed, verdict
+
+
 def test_top5_is_compared_as_a_set_and_top1_by_index():
     swapped_inside = REF.copy()
     swapped_inside[[2, 3]] = swapped_inside[[3, 2]]  # ranks 3 and 4 swap: same set

@@ -101,3 +101,26 @@ def test_a_calibration_path_that_is_a_file_is_called_a_file(run_cli, tmp_path):
     code, _, err = run_cli("export", "--calibration", photo, "--artifact-dir", tmp_path / "a")
     assert code == 2 and err.count("\n") == 1
     assert "does not exist" not in err and "is a file" in err, err
+
+
+def test_a_fine_tuned_checkpoint_exports_and_predicts_its_own_classes(run_cli, tmp_path, coffee):
+    """`--weights` a timm training checkpoint fine-tuned to 3 classes: every artifact builds
+    and `predict` ranks those 3 (it was a 'do not fit' error before any of it)."""
+    import timm
+    import torch
+
+    path = tmp_path / "model_best.pth.tar"
+    net = timm.create_model("test_resnet", num_classes=3)
+    torch.save({"epoch": 4, "arch": "test_resnet", "state_dict": net.state_dict()}, path)
+    common = ["--model", "test_resnet", "--weights", path, "--artifact-dir", tmp_path / "a"]
+    code, out, err = run_cli("export", *common)
+    assert code == 0, err
+    assert "int8-merged-baked built" in out
+    code, out, err = run_cli(
+        "predict", coffee, *common, "--backend", "ort-cpu", "--precision", "int8",
+        "--preprocess", "baked",
+    )  # fmt: skip
+    assert code == 0, err
+    assert sorted(line.split(":")[0] for line in out.splitlines()[1:]) == [
+        "class 0", "class 1", "class 2",
+    ]  # fmt: skip

@@ -180,12 +180,74 @@ def test_torch_describe_is_json(tiny, cache):
     json.dumps(info)
 
 
+def test_torch_fp32_is_strict_even_after_a_medium_matmul_precision(tiny, cache):
+    """A process that asked for "medium" (bf16 matmuls through oneDNN on CPU, TF32 on CUDA)
+    still gets an fp32 reference, and describe() says which precision ran."""
+    import torch
+
+    from supercharge.runners.torch_runner import fp32_precision
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        assert fp32_precision() == "medium"
+        runner = create_runner("torch-cpu", tiny, cache)
+        assert runner.describe()["fp32_precision"] == "highest"
+        if hasattr(torch.backends.mkldnn, "matmul"):  # torch 2.9+: oneDNN's own setting
+            assert torch.backends.mkldnn.matmul.fp32_precision == "ieee"
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 @pytest.mark.slow
 def test_torch_compile_matches_eager(tiny, cache, batch):
     eager = create_runner("torch-cpu", tiny, cache)
     compiled = create_runner("torch-cpu", tiny, cache, compile=True, batch_sizes=(2,))
     assert compiled.describe()["compile"] is True
     assert _rel_err(compiled.run(batch), eager.run(batch)) < 1e-4
+
+
+def test_compile_with_torchdynamo_disabled_is_refused_not_reported_compiled(
+    tiny, cache, monkeypatch
+):
+    """TORCHDYNAMO_DISABLE=1 or TORCH_COMPILE_DISABLE=1 (debugging switches) make torch.compile
+    a no-op: the runner ran eager and describe() still said "compile": True."""
+    import torch._dynamo
+
+    for env, config in (("1", False), ("0", True)):
+        monkeypatch.setenv("TORCHDYNAMO_DISABLE", env)
+        with (
+            torch._dynamo.config.patch(disable=config),
+            pytest.raises(SuperchargeError, match="TorchDynamo is disabled") as caught,
+        ):
+            create_runner("torch-cpu", tiny, cache, compile=True)
+        _one_line(caught.value)
+
+
+def test_a_compile_that_fails_is_one_line_never_a_silent_eager_run(tiny, cache, monkeypatch):
+    """With torch._dynamo.config.suppress_errors (TORCHDYNAMO_SUPPRESS_ERRORS=1) a failed
+    compilation ran the model eager under "compile": True; without it, prepare() ended in a
+    BackendCompilerFailed traceback. Both are one line naming the failure now."""
+    import torch
+    import torch._dynamo
+
+    def broken(gm, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real(model, backend=broken))
+    torch._dynamo.reset()  # no compiled code cached from an earlier test to reuse
+    try:
+        for suppress in (True, False):
+            with (
+                torch._dynamo.config.patch(suppress_errors=suppress),
+                pytest.raises(SuperchargeError, match="no C\\+\\+ compiler found") as caught,
+            ):
+                create_runner("torch-cpu", tiny, cache, compile=True)
+            assert "torch.compile cannot compile test_efficientnet" in _one_line(caught.value)
+    finally:
+        torch._dynamo.reset()
 
 
 # -- ORT CPU: providers, placement, binding ----------------------------------------------------

@@ -215,8 +215,9 @@ def _top5_check(metrics: Metrics, tol: Tolerances, relative_only: bool) -> Check
     """Overlap as sets; under random weights a swap counts as agreement when the class that
     came in and the one it pushed out both lie within top1_margin_relative std of the
     reference's 5th: near-flat logits tie at rank 5 as at rank 1, but losing a clear leader
-    is no tie."""
-    want, limit = tol.min_top5_overlap, tol.top1_margin_relative
+    is no tie. A model of fewer than 5 classes (a fine-tuned checkpoint) has fewer to share."""
+    want = min(tol.min_top5_overlap, len(metrics.reference_top))
+    limit = tol.top1_margin_relative
     ties = (
         min(
             sum(g <= limit for g in metrics.top5_swap_gaps_relative),

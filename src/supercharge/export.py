@@ -155,6 +155,9 @@ def check_against_torch(bundle: ModelBundle, path: Path, batch: int, seed: int =
     """Max abs difference between ORT CPU and PyTorch logits, relative to PyTorch's max abs."""
     import onnxruntime as ort
 
+    from supercharge.runners.torch_runner import strict_fp32
+
+    strict_fp32()  # the check's reference is fp32, whatever precision the process asked for
     x = torch.randn(batch, *bundle.input_size, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         ref = bundle.model(x).float().numpy()

