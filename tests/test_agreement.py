@@ -188,6 +188,28 @@ def _row(candidate, preprocess="timm", image="coffee.png", mode="single", relati
     )
 
 
+def test_the_accuracy_table_counts_top5_overlap_out_of_the_classes_a_model_has():
+    """A 3-class model's identical logits overlap 3 of its 3 classes: "3/3", not "3/5"."""
+    row = agreement_row(
+        reference=REF[:3],
+        candidate=REF[:3].copy(),
+        class_names=CLASSES[:3],
+        tolerances=load_tolerances(ROOT / "pyproject.toml").get("fp32", "timm"),
+        relative_only=False,
+        combo="ort-cpu-timm-fp32",
+        backend="ort-cpu",
+        preprocess="timm",
+        precision="fp32",
+        image="coffee.png",
+        mode="single",
+        model="m",
+        weights="pretrained",
+    )
+    assert row["verdict"] == "pass"
+    line = next(x for x in accuracy_markdown([row]).splitlines() if x.startswith("| ort-cpu"))
+    assert "| 3/3 |" in line and "/5" not in line
+
+
 def test_failure_message_shows_both_top5_lists_and_every_metric_with_its_tolerance():
     cand = REF.copy()
     cand[[0, 5]] = cand[[5, 0]]
