@@ -207,8 +207,9 @@ def test_a_fine_tuned_checkpoint_of_a_headless_default_gets_its_head(tmp_path):
     torch.save(timm.create_model("eva02_tiny_patch14_224").state_dict(), headless)
     from supercharge.errors import UnknownModelError
 
-    with pytest.raises(UnknownModelError, match="has no classifier head"):
+    with pytest.raises(UnknownModelError, match=r"eva02-mim\.pth holds no classifier head") as e:
         load_bundle("eva02_tiny_patch14_224", str(headless))
+    assert "fine-tuned with a head" in str(e.value) and "pick a tag" not in str(e.value)
 
 
 def test_a_safetensors_file_without_its_suffix_is_read_as_safetensors(tmp_path):

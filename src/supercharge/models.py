@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,12 +83,20 @@ def check_model_name(name: str) -> None:
             raise UnknownModelError(f"unknown tag {tag!r} for model {base!r}: {hint}") from None
 
 
-def check_has_classifier(name: str, num_classes: int | None) -> None:
+def check_has_classifier(
+    name: str, num_classes: int | None, weights_file: Path | None = None
+) -> None:
     """Raise UnknownModelError when timm builds `name` without a classifier head
-    (num_classes=0: its default weights are a feature extractor, e.g. eva02_*.mim_in22k):
-    every pipeline here compares and ranks class logits."""
+    (num_classes=0: its default weights are a feature extractor, e.g. eva02_*.mim_in22k, or
+    `weights_file` is a checkpoint without one): every pipeline here ranks class logits."""
     if num_classes is None or int(num_classes) != 0:
         return
+    if weights_file is not None:
+        raise UnknownModelError(
+            f"weights file {weights_file} holds no classifier head for {name} (a feature "
+            "extractor's checkpoint) and supercharge compares class logits: give a checkpoint "
+            "fine-tuned with a head, or --weights random"
+        )
     import timm
     from timm.models import get_pretrained_cfg, split_model_name_tag
 
@@ -198,7 +207,7 @@ def load_bundle(
             f"weights file {resolved.path} changed since it was located (rewritten while this "
             "ran?): run again once it no longer changes"
         )
-    check_has_classifier(ref.name, getattr(net, "num_classes", None))
+    check_has_classifier(ref.name, getattr(net, "num_classes", None), resolved.path)
     net.eval()
     return ModelBundle(
         ref=ref,
