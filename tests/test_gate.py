@@ -614,3 +614,59 @@ def test_a_run_without_a_recorded_photo_is_compared_only_with_the_default_photo(
         gate.check_same_image(frame, run(0.040, 0.010))
     coffee = _with_image(run(0.040, 0.010), "coffee.png", "c" * 64, 600, 400)
     gate.check_same_image(run(0.040, 0.010), coffee)
+
+
+def test_the_paired_speedup_follows_the_median_pytest_benchmark_stored():
+    """The stored stats are the record (pytest-benchmark's table and --benchmark-compare read
+    them): a case 50% slower there, its paired baseline unchanged, has lost 50% of its speedup,
+    whatever ratio was cached beside it in extra_info."""
+    base, cur = run(0.040, 0.010), run(0.040, 0.015)
+    for r in (base, cur):
+        r["benchmarks"][1]["extra_info"].update(paired_baseline_s=0.040, paired_speedup=4.0)
+    v = by_key(gate.compare(base, cur))[f"{MODEL}-ort-cpu-baked-fp32-bs1"]
+    assert v.status == "regressed" and v.current == pytest.approx(0.040 / 0.015)
+    assert " +50.0%  (speedup" in v.line()
+    (floor,) = gate.floor_verdicts(cur, [SpeedupFloor("ort-cpu-baked-fp32-bs1", 3.0)])
+    assert floor.status == "below-target"  # 2.67x, as the report of that run says
+
+
+def test_a_paired_baseline_that_is_not_seconds_is_refused_at_load(tmp_path):
+    data = run(0.040, 0.010)
+    data["benchmarks"][1]["extra_info"]["paired_baseline_s"] = "0.04"
+    (tmp_path / "r.json").write_text(json.dumps(data))
+    with pytest.raises(SuperchargeError, match=r"extra_info\.paired_baseline_s"):
+        gate.load_run(tmp_path / "r.json")
+
+
+def test_machine_differences_name_the_libraries_on_the_timed_path():
+    """Pillow resizes in the baseline's timm transform, numpy feeds the numpy path, onnx builds
+    every exported graph: each moves the paired speedups, and machine_info records each."""
+    base, cur = run(1, 1), run(1, 1)
+    base["machine_info"].update(pillow="11.0.0", numpy="2.1.0", onnx="1.17.0")
+    cur["machine_info"].update(pillow="12.1.0", numpy="2.3.0", onnx="1.19.0")
+    assert gate.machine_differences(base, cur) == [
+        "onnx: 1.17.0 -> 1.19.0",
+        "pillow: 11.0.0 -> 12.1.0",
+        "numpy: 2.1.0 -> 2.3.0",
+    ]
+
+
+def test_the_baselines_own_rows_say_the_speedup_cannot_judge_them():
+    """PyTorch fp32 + timm is 1x by definition: a slower baseline passes the speedup gate (its
+    cases' ratios even rise), so its verdict says how to judge it instead of a bare +0.0%."""
+    base, cur = run(0.040, 0.010), run(0.060, 0.010)  # the baseline 50% slower
+    verdicts = by_key(gate.compare(base, cur))
+    line = verdicts[f"{MODEL}-torch-cpu-timm-fp32-bs1"].line()
+    assert "the baseline itself" in line and "--stat median" in line
+    assert "baseline itself" not in verdicts[f"{MODEL}-ort-cpu-baked-fp32-bs1"].line()
+
+
+def test_a_malformed_saved_pace_is_not_recorded_not_a_crash(tmp_path, run_cli):
+    """Exit 1 means a regression: a traceback on a run's pace (which never changes a verdict)
+    would read as one in CI."""
+    base, cur = tmp_path / "b.json", tmp_path / "c.json"
+    base.write_text(json.dumps({**run(0.040, 0.010), "supercharge": {"pace": {"start_ms": 3.0}}}))
+    bad = {**run(0.040, 0.010), "supercharge": {"pace": {"start_ms": 3.0, "end_ms": "x"}}}
+    cur.write_text(json.dumps(bad))
+    code, out, err = run_cli("gate", base, cur)
+    assert (code, err) == (0, "") and "machine pace: not recorded in the current run" in out

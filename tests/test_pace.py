@@ -70,6 +70,12 @@ def test_a_phase_in_the_middle_of_a_run_is_its_change():
         {"start_ms": 2.0, "during_ms": ["x"]},
         {"start_ms": 2.0, "during_ms": [0.0]},
         {"start_ms": 2.0, "during_ms": 3},
+        {"start_ms": 2.0, "end_ms": "x"},  # a saved run's end: the gate's input too
+        {"start_ms": 2.0, "end_ms": [2.0]},
+        {"start_ms": 2.0, "end_ms": 0},
+        {"start_ms": 2.0, "end_ms": -3.0},
+        {"start_ms": float("nan")},
+        {"start_ms": 2.0, "during_ms": [float("inf")]},
     ],
 )
 def test_a_missing_or_malformed_saved_pace_reads_as_none(data):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
+
 from supercharge.cases import Case, Combo
 from supercharge.floors import FloorCheck, SpeedupFloor
 from supercharge.report import (
@@ -224,3 +226,12 @@ def test_the_report_names_the_photo_it_timed(tmp_path):
     line = "Timed on frame.jpg (1920x1080, sha256 abababab), repeated to fill each batch."
     assert line in text and line in (tmp_path / "speed.md").read_text()
     assert json.loads((tmp_path / "speed.json").read_text())["image"] == results.image
+
+
+def test_images_per_second_shows_no_digit_the_value_lacks():
+    """6.0087 ms per image is 166.43 images/s: the table must not print 166.40."""
+    (row,) = speed_rows([timing("ort-cpu", "baked", "fp32", 1, 0.0060087)])
+    assert row["images_per_s"] == pytest.approx(1 / 0.0060087, abs=1e-3)
+    assert "| 166.43 |" in speed_markdown([row])
+    (slow,) = speed_rows([timing("torch-cpu", "timm", "fp32", 8, 16.03)])  # 0.49906 images/s
+    assert "| 0.499 |" in speed_markdown([slow])

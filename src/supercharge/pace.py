@@ -15,6 +15,7 @@ copy is nothing), on the CPU EP with the suite's session options.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -69,12 +70,15 @@ class Pace:
         """The pace a saved run carries, or None for runs saved without one (or malformed)."""
         try:
             start, end = float(data["start_ms"]), data.get("end_ms")
+            end = None if end is None else float(end)
             during = tuple(float(ms) for ms in data.get("during_ms") or ())
         except (TypeError, KeyError, ValueError, AttributeError):
             return None
-        if start <= 0 or any(ms <= 0 for ms in during):
+        # each is divided by or into the start: a zero, negative or non-finite one is no pace
+        ends = () if end is None else (end,)
+        if not all(math.isfinite(ms) and ms > 0 for ms in (start, *during, *ends)):
             return None
-        return cls(start, None if end is None else float(end), during)
+        return cls(start, end, during)
 
 
 def _workload() -> bytes:
