@@ -197,6 +197,21 @@ def test_a_floor_missed_by_a_hair_is_shown_rounded_down():
     assert "| x | 4.00x | 4x | met | x |" in floors_markdown([met])
 
 
+def test_the_speed_table_and_the_floors_table_print_one_speedup_alike(tmp_path):
+    """3.996x missed a 4x floor: the speed table said 4.00x beside the floors table's 3.99x
+    NOT met. Both round down now."""
+    results = SuiteResults(
+        timings=[
+            timing("torch-cpu", "timm", "fp32", 1, 0.03996),
+            timing("ort-cpu", "baked", "fp32", 1, 0.010),
+        ]
+    )
+    _, text = write_report(results, tmp_path, [SpeedupFloor("ort-cpu-baked-fp32-bs1", 4.0)])
+    assert f"| {MODEL}-ort-cpu-baked-fp32-bs1 | 3.99x | 4x | NOT met |" in text
+    speed = next(x for x in text.splitlines() if x.startswith(f"| {MODEL}-ort-cpu-baked"))
+    assert "| 3.99x |" in speed and "4.00x" not in text
+
+
 def test_files_of_an_earlier_run_are_kept_and_named(tmp_path, monkeypatch):
     """A run that ran no accuracy gate (or timed no case) leaves the other kind's files, which
     scripts/gpu_grid.sh needs; its own report and the terminal say whose they are."""

@@ -22,6 +22,7 @@ from typing import Any
 from supercharge.cases import Case
 from supercharge.floors import FloorCheck, SpeedupFloor, check_floors
 from supercharge.pace import WORKLOAD, Pace, describe_change
+from supercharge.rounding import round_down
 
 END_TO_END = "end-to-end"
 MODEL_ONLY = "model"
@@ -113,6 +114,12 @@ def _baselines(timings: list[Timing]) -> list[tuple[float | None, float, str | N
     ]
 
 
+def shown_speedup(speedup: float) -> str:
+    """A speedup as every table and chart prints it: two decimals, rounded down, so a ratio
+    never reads as a floor it missed (3.996x is 3.99x here and in the floors table)."""
+    return f"{round_down(speedup, 2)}x"
+
+
 def end_to_end_speedups(timings: list[Timing]) -> dict[str, float]:
     """Case id -> end-to-end speedup, unrounded (what speedup floors judge)."""
     return {
@@ -158,7 +165,7 @@ def speed_rows(timings: list[Timing]) -> list[dict[str, Any]]:
                 "ms_per_image": round(t.ms_per_image, 3),
                 # as many decimals as ms/image: the table prints two, none of them invented
                 "images_per_s": round(t.images_per_s, 3),
-                "speedup": None if base is None else round(base / t.median_s, 2),
+                "speedup": None if base is None else round(base / t.median_s, 4),
                 "baseline": t.case.combo.baseline().id,
                 "baseline_ms_per_image": (
                     None if base is None else round(1000.0 * base / t.case.batch_size, 3)
@@ -210,7 +217,7 @@ def speed_markdown(rows: list[dict[str, Any]]) -> str:
                 **r,
                 "speedup": None
                 if r["speedup"] is None
-                else f"{r['speedup']:.2f}x" + (" (noisy)" if r.get("noisy") else ""),
+                else shown_speedup(r["speedup"]) + (" (noisy)" if r.get("noisy") else ""),
             }
             for r in chosen
         ]
@@ -246,10 +253,11 @@ def bar_chart(rows: list[dict[str, Any]], path: Path) -> Path | None:
     for ax, n in zip(axes[0], sizes, strict=True):
         panel = sorted((r for r in chosen if r["batch_size"] == n), key=lambda r: r["images_per_s"])
         labels = [f"{r['backend']} {r['preprocess']} {r['precision']}" for r in panel]
-        colors = ["tab:gray" if r["speedup"] in (None, 1.0) else "tab:blue" for r in panel]
+        combo = "{backend}-{preprocess}-{precision}"
+        colors = ["tab:gray" if combo.format(**r) == r["baseline"] else "tab:blue" for r in panel]
         ax.barh(labels, [r["images_per_s"] for r in panel], color=colors)
         for y, r in enumerate(panel):
-            note = f" {r['speedup']}x" if r["speedup"] is not None else ""
+            note = f" {shown_speedup(r['speedup'])}" if r["speedup"] is not None else ""
             ax.text(r["images_per_s"], y, note, va="center", fontsize=8)
         ax.set_xlim(0, 1.15 * max(r["images_per_s"] for r in panel))  # room for the labels
         ax.set_title(f"{panel[0]['model']} batch {n}: images/s, end to end")
