@@ -167,6 +167,23 @@ def test_require_gpu_turns_the_skips_into_failures(pytester_run):
     assert " 4 failed" in result.stdout or "4 errors" in result.stdout, result.stdout[-2000:]
 
 
+@pytest.mark.skipif(
+    gpu.backend_unavailable_reason("torch-cuda", "timm") is None, reason="a CUDA device is here"
+)
+def test_a_run_that_timed_nothing_says_the_report_there_is_an_earlier_runs(pytester_run, tmp_path):
+    """Every case skipped (a GPU grid on a machine without one): no report is written, and the
+    one left in the folder by an earlier run is named as such, not silently taken for this."""
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "speed.md").write_text("an earlier run's table\n")
+    gpu_only = ("--backends", "torch-cuda", "--preprocess", "timm")
+    result = pytester_run("perf", *GRID, *gpu_only, "--report-dir", str(folder))
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "supercharge: no case was timed (4 collected" in result.stdout, result.stdout[-2000:]
+    assert "the one there is an earlier run's" in result.stdout
+    assert (folder / "speed.md").read_text() == "an earlier run's table\n"
+
+
 def test_int8_calibration_and_the_gates_photos_come_from_the_folders_given(pytester_run, tmp_path):
     """--calibration reaches every int8 pipeline (timed and gated); --gate-images is what every
     gate judges, alone and as one batch."""

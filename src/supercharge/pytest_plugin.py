@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,6 +30,7 @@ _SESSION = pytest.StashKey[pytest.Session]()  # so a report that cannot be writt
 _IMAGE = pytest.StashKey[Path]()  # --image, checked at configure
 _CALIBRATION = pytest.StashKey[Path]()  # --calibration, checked at configure
 _GATE_IMAGES = pytest.StashKey[list]()  # --gate-images' files, checked at configure
+_GRID_CASES = pytest.StashKey[int]()  # grid cases collected: a run that timed none says so
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -386,6 +388,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             except SuperchargeError as exc:
                 raise pytest.UsageError(str(exc)) from None
     slots = [i for i, item in enumerate(items) if "grid_case" in _params(item)]
+    config.stash[_GRID_CASES] = len(slots)
     if not slots:
         return
     combos, _ = _grid_selection(config)
@@ -699,6 +702,22 @@ def _report_dir(config: pytest.Config) -> Path:
     return Path(chosen) if chosen else config.rootpath / "reports"
 
 
+def _nothing_timed(config: pytest.Config) -> str:
+    """The line for a run that collected grid cases and timed none: no report is written, so
+    one already in the report folder is an earlier run's, and a reader must not take it for
+    this one's."""
+    folder = _report_dir(config)
+    line = (
+        f"supercharge: no case was timed ({config.stash[_GRID_CASES]} collected: skipped, "
+        f"deselected, failed or --benchmark-disable), so no report was written to {folder}"
+    )
+    earlier = folder / "speed.md"
+    if earlier.is_file():
+        when = datetime.fromtimestamp(earlier.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        line += f"; the one there is an earlier run's ({when})"
+    return line
+
+
 def _session_status(exitstatus: int, terminalreporter: Any) -> str | None:
     """A line for the report when the session did not run to a clean end, else None."""
     if exitstatus == pytest.ExitCode.INTERRUPTED:
@@ -718,6 +737,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     results = config.stash.get(_RESULTS, None)
     if results is None or results.empty:
+        if config.stash.get(_GRID_CASES, 0):
+            terminalreporter.write_line(_nothing_timed(config), yellow=True)
         return
     from supercharge.report import write_report
 
