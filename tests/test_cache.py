@@ -509,6 +509,32 @@ def test_published_folders_follow_the_umask_so_other_users_can_read_them(tmp_pat
     assert art.path.stat().st_mode & 0o777 == 0o755  # mkdtemp would have published 0o700
 
 
+def test_published_files_are_readable_as_the_umask_allows(tmp_path):
+    """onnx writes external data (model.onnx.data, above 2 GB) 0600 whatever the umask."""
+
+    def private_data(out_dir):
+        (out_dir / "model.onnx").write_bytes(b"graph")
+        fd = os.open(out_dir / "model.onnx.data", os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, b"weights")
+        os.close(fd)
+
+    old = os.umask(0o022)
+    try:
+        art = _quiet(tmp_path).get_or_build(_spec(), private_data)
+        tight = _quiet(tmp_path / "tight")
+        os.umask(0o077)
+        private = tight.get_or_build(_spec(), private_data)
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in art.path.iterdir()} == {
+        "model.onnx": 0o644,
+        "model.onnx.data": 0o644,
+        "manifest.json": 0o644,
+    }
+    # a umask that keeps others out still does
+    assert private.file("model.onnx.data").stat().st_mode & 0o777 == 0o600
+
+
 def test_a_file_is_hashed_once_per_process_until_it_changes(tmp_path, monkeypatch):
     cache = _quiet(tmp_path)
     art = cache.get_or_build(_spec(), CountingBuilder())

@@ -4,6 +4,7 @@ levels, the separable (TensorRT-friendly) form, the seed's cost, and the merged 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,16 +15,22 @@ import torch
 from PIL import Image
 
 from supercharge.cache import ArtifactCache
-from supercharge.errors import ArtifactError
-from supercharge.export import MODEL_FILE
-from supercharge.models import resolve_model
+from supercharge.errors import ArtifactError, SuperchargeError
+from supercharge.export import MODEL_FILE, ExportOptions, export_onnx
+from supercharge.models import load_bundle, resolve_model
 from supercharge.predict import top_k
 from supercharge.preprocess import pil_resample
 from supercharge.preprocess.array_impl import pass_order
 from supercharge.preprocess.baked_graph import build_preprocess_model
 from supercharge.preprocess.compare import LevelDiff, level_diff, to_levels
 from supercharge.preprocess.merge import _PREFIX as PREFIX
-from supercharge.preprocess.merge import DATA_FILE, KIND, merged_model, save_checked
+from supercharge.preprocess.merge import (
+    DATA_FILE,
+    KIND,
+    external_files,
+    merged_model,
+    save_checked,
+)
 from supercharge.preprocess.onnx_graph import BAND, INPUT_NAME, OUTPUT_NAME
 from supercharge.preprocess.reference import timm_transform
 from supercharge.preprocess.seed_graph import build_seed_model
@@ -608,6 +615,64 @@ def test_merged_model_cache_keys_and_model_ref(tmp_path, fixture_images):
     external = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = external.run(["logits"], {INPUT_NAME: x})[0]
     np.testing.assert_allclose(got, a, rtol=1e-5, atol=1e-6)
+
+
+def refuse_protos_over(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    """protobuf's 2 GB limit, lowered to `limit` bytes where onnx serialises a model in memory
+    (onnx.checker.check_model, which onnx.compose.merge_models calls on what it built): what a
+    model above 2 GB meets there ("EncodeError: Failed to serialize proto")."""
+    check = onnx.checker.check_model
+
+    def limited(model, *args, **kwargs):
+        if isinstance(model, onnx.ModelProto) and model.ByteSize() > limit:
+            raise ValueError(f"emulated protobuf limit: {model.ByteSize()} > {limit} bytes")
+        return check(model, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.checker, "check_model", limited)
+
+
+@pytest.mark.slow
+def test_merged_model_of_an_export_above_2gb_keeps_its_weights_on_disk(
+    tmp_path, monkeypatch, fixture_images
+):
+    """Above 2 GB the export's weights are in model.onnx.data and no protobuf message can hold
+    them: forced on a small model (external_data=True, the limit lowered below its weights)."""
+    cache = ArtifactCache(tmp_path, log=lambda m: None)
+    bundle = load_bundle("test_resnet", "random")
+    coffee = fixture_images["coffee.png"]
+    x = np.asarray(coffee)[None]
+    variants = (("baked", None), ("separable", (coffee.height, coffee.width)))
+    # the references: the same weights in one proto, built before the limit
+    want = {
+        variant: merged_session(merged_model(bundle, cache, variant, image_size=size)).run(
+            ["logits"], {INPUT_NAME: x}
+        )[0]
+        for variant, size in variants
+    }
+    export = export_onnx(bundle, cache, ExportOptions(external_data=True))
+    refuse_protos_over(monkeypatch, export.file(DATA_FILE).stat().st_size // 2)
+    built = {}
+    for variant, size in variants:
+        art = merged_model(bundle, cache, variant, image_size=size, onnx_artifact=export)
+        assert set(art.manifest["files"]) == {MODEL_FILE, DATA_FILE}
+        graph = onnx.load(str(art.file(MODEL_FILE)), load_external_data=False)
+        assert external_files(graph) == [DATA_FILE]
+        built[variant] = art
+    shutil.rmtree(export.path)  # each artifact reads its own copy of the weights
+    for variant, art in built.items():
+        got = merged_session(art).run(["logits"], {INPUT_NAME: x})[0]
+        np.testing.assert_allclose(got, want[variant], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("location", ["../model.onnx.data", "/tmp/model.onnx.data", "", "sub/w"])
+def test_external_files_refuses_data_outside_the_model_folder(location):
+    tensor = onnx.helper.make_tensor("w", onnx.TensorProto.FLOAT, [1], [0.0])
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value=location)
+    graph = onnx.helper.make_graph([], "g", [], [], [tensor])
+    with pytest.raises(SuperchargeError, match="not a file beside the model"):
+        external_files(onnx.helper.make_model(graph))
 
 
 def test_merged_model_refuses_bad_arguments_before_any_work(tmp_path):

@@ -259,6 +259,19 @@ def _make_build_dir(parent: Path, prefix: str) -> Path:
             continue
 
 
+def _share_files(folder: Path) -> None:
+    """Give each file built in `folder` the read bits the folder has (the umask's, see
+    _make_build_dir): onnx (1.23) creates external data (model.onnx.data, the weights of a model
+    above 2 GB and of quantize_static's int8 one) 0600, which another user of a shared cache
+    could not read, hash or load."""
+    read = folder.stat().st_mode & 0o444
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode
+            if mode & read != read:
+                path.chmod(mode | read)
+
+
 def _ensure_dir(path: Path) -> None:
     """Create a folder below the root, turning a blocking file or bad permissions into one line."""
     try:
@@ -397,6 +410,7 @@ class ArtifactCache:
         try:
             extra = dict(build(tmp) or {})
             seconds = time.perf_counter() - start
+            _share_files(tmp)
             files = {
                 str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
                 for p in sorted(tmp.rglob("*"))

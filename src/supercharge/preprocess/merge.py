@@ -3,11 +3,16 @@
 The preprocessing graph is built with the model's own opset and IR version (merge_models refuses
 a mismatch), joined with onnx.compose.merge_models, checked, and cached as an "onnx-merged"
 artifact keyed by everything that changes it: the model's ONNX artifact, the variant, the
-preprocessing spec, the image size (separable only) and the tool versions.
+preprocessing spec, the image size (separable only) and the tool versions. A model whose weights
+are in external data (above 2 GB) is merged without them, and its model.onnx.data is copied.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,20 +163,42 @@ def prefix_names(graph: onnx.GraphProto, prefix: str, keep: set[str]) -> None:
     rename(graph)
 
 
-def merge(pre: onnx.ModelProto, model: onnx.ModelProto, input_name: str) -> onnx.ModelProto:
+@contextlib.contextmanager
+def _working_dir(path: Path | None) -> Iterator[None]:
+    """chdir to `path` for the block (None: stay)."""
+    if path is None:
+        yield
+        return
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def merge(
+    pre: onnx.ModelProto,
+    model: onnx.ModelProto,
+    input_name: str,
+    weights_dir: Path | None = None,
+) -> onnx.ModelProto:
     """pre's pixel_values feed the model's `input_name`; input 'image' and the model's outputs.
 
     Only the preprocessing side is prefixed (the model keeps its names, so 'logits' stays), and
-    its input 'image' keeps its name.
+    its input 'image' keeps its name. weights_dir: the folder of a model loaded with
+    load_external_data=False; merge_models checks the merged proto in memory, and the checker
+    looks for external data files relative to the working directory.
     """
     pre = onnx.ModelProto.FromString(pre.SerializeToString())  # prefix a copy
     prefix_names(pre.graph, _PREFIX, keep={onnx_graph.INPUT_NAME})
-    merged = onnx.compose.merge_models(
-        pre,
-        model,
-        io_map=[(_PREFIX + onnx_graph.OUTPUT_NAME, input_name)],
-        doc_string=f"{pre.doc_string}, then {model.graph.name or 'the model'}",
-    )
+    with _working_dir(weights_dir):
+        merged = onnx.compose.merge_models(
+            pre,
+            model,
+            io_map=[(_PREFIX + onnx_graph.OUTPUT_NAME, input_name)],
+            doc_string=f"{pre.doc_string}, then {model.graph.name or 'the model'}",
+        )
     # merge_models (onnx 1.23) checks the two opset lists agree but keeps both: dedupe them
     opsets = {entry.domain: entry.version for entry in merged.opset_import}
     del merged.opset_import[:]
@@ -183,9 +210,57 @@ def _weights_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) or t.ByteSize() for t in model.graph.initializer)
 
 
-def save_checked(model: onnx.ModelProto, path: Path, external_data: bool) -> None:
-    """Save (weights beside it in model.onnx.data when asked or when over 2 GB), then check."""
-    if external_data or _weights_bytes(model) > _SMALL_ENOUGH:
+def _tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor in `graph`: initializers and node attributes, in subgraphs (If branches) too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+        for sub in _subgraphs(node):
+            yield from _tensors(sub)
+
+
+def external_files(model: onnx.ModelProto) -> list[str]:
+    """The files (relative to the model file) that the weights of a model loaded with
+    load_external_data=False still live in; [] when they are all in the proto.
+
+    Refused unless each is a plain name in the model's folder, as the exports and
+    quantize_static write them: a merged artifact copies them into its own folder.
+    """
+    files: set[str] = set()
+    for tensor in _tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        if not location or Path(location).name != location or location in (".", ".."):
+            raise SuperchargeError(
+                f"tensor {tensor.name!r} has its data at {location!r}, not a file beside the "
+                "model: re-export the model"
+            )
+        files.add(location)
+    return sorted(files)
+
+
+def save_checked(
+    model: onnx.ModelProto, path: Path, external_data: bool, weights_dir: Path | None = None
+) -> None:
+    """Save (weights beside it in model.onnx.data when asked or when over 2 GB), then check.
+
+    weights_dir: where the files of a model loaded with load_external_data=False are. Its
+    weights are never read into memory (protobuf cannot hold more than 2 GB, and a copy of a
+    large model's weights in one process is gigabytes more): their files are copied beside
+    `path` as they are, and the tensors keep pointing at them (same names, same offsets).
+    """
+    on_disk = external_files(model)
+    if on_disk:
+        if weights_dir is None:
+            raise ValueError("the model's weights are in external files: give weights_dir")
+        for name in on_disk:
+            shutil.copyfile(weights_dir / name, path.parent / name)
+        onnx.save_model(model, str(path))  # the rest (the preprocessing's constants) inline
+    elif external_data or _weights_bytes(model) > _SMALL_ENOUGH:
         onnx.save_model(
             model,
             str(path),
@@ -229,14 +304,16 @@ def merged_model(
 
     def build(out_dir: Path) -> dict[str, Any]:
         source = onnx_artifact.file(MODEL_FILE)
-        net = onnx.load(str(source))  # external data, if any, is loaded from beside it
+        # weights in model.onnx.data stay there: merge_models checks the merged proto in
+        # memory, which protobuf cannot serialise above 2 GB; save_checked copies the file
+        net = onnx.load(str(source), load_external_data=False)
         input_name = onnx_artifact.manifest.get("input_name", INPUT_NAME)
         _check_input_size(net, input_name, spec)
         opset = default_opset(net)
         pre = build_preprocess(spec, variant, size, opset, net.ir_version)
-        merged = merge(pre, net, input_name)
+        merged = merge(pre, net, input_name, weights_dir=source.parent)
         external = onnx_artifact.file(DATA_FILE).exists()
-        save_checked(merged, out_dir / MODEL_FILE, external)
+        save_checked(merged, out_dir / MODEL_FILE, external, weights_dir=source.parent)
         return {
             "input_name": onnx_graph.INPUT_NAME,
             "input_layout": _INPUT_LAYOUTS[variant],
