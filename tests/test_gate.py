@@ -88,8 +88,15 @@ def test_missing_and_new_cases_are_named():
     current = run(0.040, 0.010)
     current["benchmarks"] = [*current["benchmarks"][:1], bench("ort-cpu", "numpy", "fp32", 0.02)]
     verdicts = by_key(gate.compare(run(0.040, 0.010), current))
-    assert verdicts[f"{MODEL}-ort-cpu-baked-fp32-bs1"].status == "missing"
-    assert verdicts[f"{MODEL}-ort-cpu-numpy-fp32-bs1"].status == "new"
+    missing = verdicts[f"{MODEL}-ort-cpu-baked-fp32-bs1"]
+    new = verdicts[f"{MODEL}-ort-cpu-numpy-fp32-bs1"]
+    assert missing.status == "missing" and new.status == "new"
+    # the one side's value is shown, not "- -> -": the speedup each run measured
+    assert missing.baseline == pytest.approx(4.0) and missing.current is None
+    assert new.current == pytest.approx(2.0) and new.baseline is None
+    assert "-> 2 " in new.line() and "not in the baseline run" in new.line()
+    by_median = by_key(gate.compare(run(0.040, 0.010), current, stat="median"))
+    assert by_median[f"{MODEL}-ort-cpu-numpy-fp32-bs1"].current == pytest.approx(0.02)
 
 
 def test_machine_differences_are_reported():

@@ -270,12 +270,19 @@ def compare(
     cur_b = {_key(b): b for b in current["benchmarks"]}
     base_s, cur_s = _speedups(baseline), _speedups(current)
     verdicts = []
+
+    def value(key: str, runs: dict[str, Any], speedups: dict[str, float]) -> float | None:
+        """The compared quantity of a case only one run has, shown beside its verdict."""
+        return speedups.get(key) if stat == "speedup" else runs[key]["stats"]["median"]
+
     for key in sorted(base_b.keys() | cur_b.keys()):
         if key not in cur_b:
-            verdicts.append(Verdict(key, None, None, None, "missing", "not run in current"))
+            was = value(key, base_b, base_s)
+            verdicts.append(Verdict(key, was, None, None, "missing", "not run in current"))
             continue
         if key not in base_b:
-            verdicts.append(Verdict(key, None, None, None, "new"))
+            now = value(key, cur_b, cur_s)
+            verdicts.append(Verdict(key, None, now, None, "new", "not in the baseline run"))
             continue
         if stat == "speedup":
             if key not in base_s or key not in cur_s:
