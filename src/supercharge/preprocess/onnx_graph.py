@@ -1,7 +1,7 @@
 """Building blocks for timm's eval transform as ONNX graphs, node by node with onnx.helper.
 
 torch's exporters get antialiased bicubic wrong or refuse it, and ONNX's antialiased Resize is
-only close to Pillow (GUIDE.md, "Preprocessing: PIL vs ONNX Resize"), so the resampling is
+only close to Pillow (docs/preprocessing.md), so the resampling is
 Pillow's own: its two 1-D passes with its 22-bit quantised weights, each pass as banded MatMuls
 (one per BAND outputs, over the input span their weights touch) computing only the rows or
 columns the center crop keeps, rounded to uint8 levels between passes. Three graphs, one module

@@ -7,7 +7,7 @@ for x86 CPUs with VNNI, such as Zen 4; no reduce_range). Calibration batches are
 through the model's own timm eval transform, so ranges are those of real inputs; by default
 fixtures/calibration, held out from the photos the accuracy gates judge int8 on.
 
-Measured on tf_efficientnet_lite0 calibrated on the five gate photos (GUIDE.md machine; before
+Measured on tf_efficientnet_lite0 calibrated on the five gate photos (the 2-core CI machine; before
 the held-out set): per-tensor weights changed top-1 on 2 of 5 photos, per-channel weights kept
 all 5, at about the same speed.
 
