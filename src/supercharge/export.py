@@ -8,7 +8,10 @@ does not reproduce PyTorch is never cached.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -149,6 +152,19 @@ def _export_reason(exc: BaseException) -> str:
         kind, _, why = causes[0][len("<class '") :].partition("'>: ")
         return f"{kind.rsplit('.', 1)[-1]}: {why.strip()}"[:200]
     return f"{type(exc).__name__}: {first_line(exc)}"[:200]
+
+
+@contextlib.contextmanager
+def working_dir(path: Path) -> Iterator[None]:
+    """chdir to `path` for the block: onnx's in-memory checker and ONNX Runtime's quantization
+    tools look for a model's external data files (model.onnx.data) relative to the working
+    directory. Process-wide, as those tools are: not for concurrent threads."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
 
 
 def check_against_torch(bundle: ModelBundle, path: Path, batch: int, seed: int = 0) -> float:

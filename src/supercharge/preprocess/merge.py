@@ -10,7 +10,6 @@ are in external data (above 2 GB) is merged without them, and its model.onnx.dat
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,14 @@ import onnx
 
 from supercharge.cache import Artifact, ArtifactCache, ArtifactSpec
 from supercharge.errors import SuperchargeError
-from supercharge.export import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, export_onnx, versions
+from supercharge.export import (
+    INPUT_NAME,
+    MODEL_FILE,
+    OUTPUT_NAME,
+    export_onnx,
+    versions,
+    working_dir,
+)
 from supercharge.models import ModelBundle, ModelRef, load_bundle
 from supercharge.preprocess import baked_graph, onnx_graph, seed_graph, separable_graph
 from supercharge.preprocess.spec import PreprocessSpec
@@ -163,20 +169,6 @@ def prefix_names(graph: onnx.GraphProto, prefix: str, keep: set[str]) -> None:
     rename(graph)
 
 
-@contextlib.contextmanager
-def _working_dir(path: Path | None) -> Iterator[None]:
-    """chdir to `path` for the block (None: stay)."""
-    if path is None:
-        yield
-        return
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
-
-
 def merge(
     pre: onnx.ModelProto,
     model: onnx.ModelProto,
@@ -192,7 +184,7 @@ def merge(
     """
     pre = onnx.ModelProto.FromString(pre.SerializeToString())  # prefix a copy
     prefix_names(pre.graph, _PREFIX, keep={onnx_graph.INPUT_NAME})
-    with _working_dir(weights_dir):
+    with contextlib.nullcontext() if weights_dir is None else working_dir(weights_dir):
         merged = onnx.compose.merge_models(
             pre,
             model,

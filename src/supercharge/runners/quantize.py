@@ -19,9 +19,7 @@ gate; gate int8 on held-out images).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -32,7 +30,7 @@ import numpy as np
 
 from supercharge.cache import Artifact, ArtifactCache, ArtifactSpec, sha256_file
 from supercharge.errors import SuperchargeError, first_line
-from supercharge.export import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, export_onnx
+from supercharge.export import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, export_onnx, working_dir
 from supercharge.models import ModelBundle, ModelRef
 
 KIND = "onnx-int8"
@@ -203,7 +201,7 @@ def _pre_process(source: Path, prepared: Path, external: bool, name: str) -> str
     try:
         # in the work folder: on a model it cannot complete, ORT's symbolic shape inference
         # saves sym_shape_infer_temp.onnx and a <uuid>.data copy of the weights in the cwd
-        with _working_dir(prepared.parent):
+        with working_dir(prepared.parent):
             q.quant_pre_process(str(source), str(prepared), **options)
         return "symbolic"
     except Exception as exc:  # any failure inside ORT's shape inference
@@ -216,16 +214,6 @@ def _pre_process(source: Path, prepared: Path, external: bool, name: str) -> str
     q.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True, **options)
     warnings.warn(f"{why}: int8 pre-processing used ONNX shape inference alone", stacklevel=2)
     return f"onnx only: {why}"
-
-
-@contextlib.contextmanager
-def _working_dir(path: Path) -> Iterator[None]:
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 class _Batches:
