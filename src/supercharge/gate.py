@@ -191,14 +191,11 @@ def _speedups(run: dict[str, Any]) -> dict[str, float]:
     paired one timed around the case where the run recorded it, else the baseline's own row."""
     medians: dict[tuple, float] = {}
     for b in run["benchmarks"]:
-        info = b.get("extra_info") or {}
-        if "backend" not in info:
-            continue
-        device = info["backend"].split("-", 1)[1] if info["backend"].startswith("torch-") else None
-        if device and (info.get("preprocess"), info.get("precision")) == BASELINE:
-            medians[(info.get("model"), device, info.get("batch_size"), info.get("timed"))] = b[
-                "stats"
-            ]["median"]
+        if _is_baseline(b):
+            info = b["extra_info"]
+            device = info["backend"].split("-", 1)[1]
+            key = (info.get("model"), device, info.get("batch_size"), info.get("timed"))
+            medians[key] = b["stats"]["median"]
     out = {}
     for b in run["benchmarks"]:
         info = b.get("extra_info") or {}

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from supercharge.cases import Case
+from supercharge.cases import Case, Combo
 from supercharge.floors import FloorCheck, SpeedupFloor, check_floors
 from supercharge.pace import WORKLOAD, Pace, describe_change
 from supercharge.rounding import round_down
@@ -253,8 +253,8 @@ def bar_chart(rows: list[dict[str, Any]], path: Path) -> Path | None:
     for ax, n in zip(axes[0], sizes, strict=True):
         panel = sorted((r for r in chosen if r["batch_size"] == n), key=lambda r: r["images_per_s"])
         labels = [f"{r['backend']} {r['preprocess']} {r['precision']}" for r in panel]
-        combo = "{backend}-{preprocess}-{precision}"
-        colors = ["tab:gray" if combo.format(**r) == r["baseline"] else "tab:blue" for r in panel]
+        baseline = [Combo(r["backend"], r["preprocess"], r["precision"]).is_baseline for r in panel]
+        colors = ["tab:gray" if b else "tab:blue" for b in baseline]
         ax.barh(labels, [r["images_per_s"] for r in panel], color=colors)
         for y, r in enumerate(panel):
             note = f" {shown_speedup(r['speedup'])}" if r["speedup"] is not None else ""

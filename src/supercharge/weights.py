@@ -228,13 +228,13 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"weights file {path} cannot be read as a state dict ({detail});"
             " give a .pth saved with torch.save(model.state_dict()) or a .safetensors file"
         ) from exc
-    if isinstance(state, Mapping) and not _tensors(state):
+    if isinstance(state, Mapping) and not _is_state_dict(state):
         # timm's loader takes a checkpoint's "state_dict" or "model" entry, never its EMA copy
         # (use_ema=False): a checkpoint holding only the EMA weights holds nothing else to use
-        ema = [state[k] for k in ("state_dict_ema", "model_ema") if _tensors(state.get(k))]
+        ema = [state[k] for k in ("state_dict_ema", "model_ema") if _is_state_dict(state.get(k))]
         if ema:
             state = clean_state_dict(ema[0])
-    if not _tensors(state):
+    if not _is_state_dict(state):
         holds = (
             f"it holds {', '.join(repr(str(k)) for k in list(state)[:6])}, no 'state_dict' "
             "or 'model' of tensors"
@@ -248,7 +248,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
-def _tensors(state: object) -> bool:
+def _is_state_dict(state: object) -> bool:
     """Whether `state` is a non-empty mapping of tensors (a state dict)."""
     return (
         isinstance(state, Mapping)
